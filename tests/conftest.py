@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny image folders and CSVs made on the fly, and quick configs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_image_folder(root: Path, classes: int = 4, per_class: int = 5, size: int = 12) -> Path:
+    """ROOT/<label>/<n>.png: each class a distinct colour with noise, so classes are separable."""
+    rng = np.random.default_rng(0)
+    for label in range(classes):
+        folder = root / f"id_{label}"
+        folder.mkdir(parents=True)
+        base = np.array([(label * 60) % 256, (label * 110) % 256, (label * 170) % 256], dtype=np.float64)
+        for n in range(per_class):
+            pixels = np.clip(base + rng.normal(0, 10, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{n}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def image_csv(tmp_path: Path) -> Path:
+    root = write_image_folder(tmp_path / "images")
+    path = tmp_path / "data.csv"
+    with path.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "label", "split", "group", "camera"])
+        for n, image in enumerate(sorted(root.rglob("*.png"))):
+            label = image.parent.name
+            split = "validation" if label in ("id_2", "id_3") else "train"
+            writer.writerow([str(image.relative_to(tmp_path)), label, split, f"g{n // 2}", "left"])
+    return path
+
+
+QUICK_DIGITS = [
+    "data.dataset=digits",
+    "data.validation.split=images",
+    "train.epochs=1",
+    "train.batch_size=32",
+    "train.max_steps_per_epoch=4",
+    "model.embedding_dim=16",
+    "loss={name: ContrastiveLoss}",
+]

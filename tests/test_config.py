@@ -1,0 +1,92 @@
+import pytest
+
+from embedlab.config import (
+    ConfigError,
+    ExperimentConfig,
+    expand_grid,
+    load_config,
+    parse_config,
+    parse_grid_option,
+)
+
+
+def test_defaults_validate() -> None:
+    cfg = ExperimentConfig()
+    assert cfg.losses()[0].name == "CircleLoss"
+    assert cfg.losses()[0].kwargs() == {"m": 0.4, "gamma": 80}
+
+
+def test_unknown_key_names_the_key_and_lists_valid_keys_near_it() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config({"model": {"backbon": "resnet18"}})
+    message = str(error.value)
+    assert "model.backbon" in message
+    assert "Did you mean 'backbone'" in message
+    assert "embedding_dim" in message
+
+
+def test_set_override_of_unknown_key_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'train.epoch'.*Did you mean 'epochs'"):
+        load_config(None, ["train.epoch=3"])
+
+
+def test_set_parses_yaml_values_and_nested_blocks() -> None:
+    cfg, _ = load_config(
+        None, ["train.epochs=3", "optimizer.lr=0.01", "loss={name: ArcFaceLoss, margin: 20}"]
+    )
+    assert cfg.train.epochs == 3 and cfg.optimizer.lr == 0.01
+    assert cfg.losses()[0].name == "ArcFaceLoss" and cfg.losses()[0].kwargs() == {"margin": 20}
+
+
+def test_loss_keeps_its_own_keyword_arguments_and_embedlab_keys_apart() -> None:
+    cfg = parse_config({"loss": [{"name": "CenterLoss", "weight": 0.01, "lr": 0.5, "alpha": 1}]})
+    term = cfg.losses()[0]
+    assert term.weight == 0.01 and term.lr == 0.5 and term.kwargs() == {"alpha": 1}
+
+
+def test_bad_value_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="train.epochs"):
+        parse_config({"train": {"epochs": 0}})
+
+
+def test_monitor_must_be_a_computed_metric() -> None:
+    with pytest.raises(ConfigError, match="train.monitor"):
+        parse_config({"train": {"monitor": "map_at_r", "metrics": ["precision_at_1"]}})
+
+
+def test_yaml_round_trip(tmp_path) -> None:
+    cfg, _ = load_config(None, ["train.epochs=2", "loss={name: CosFaceLoss, margin: 0.35}"])
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    again, _ = load_config(path)
+    assert again == cfg
+
+
+def test_missing_file_and_bad_yaml_are_clear(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_grid_combines_config_blocks_and_command_line_axes() -> None:
+    raw = {
+        "train": {"epochs": 1},
+        "grid": {"loss": [{"name": "CircleLoss", "m": 0.4}, {"name": "ArcFaceLoss", "margin": 28.6}]},
+    }
+    axes = [parse_grid_option("optimizer.lr=0.1,0.01")]
+    combinations = list(expand_grid(raw, axes))
+    assert len(combinations) == 4
+    labels = [label for label, _ in combinations]
+    assert labels[0] == "loss=CircleLoss(m=0.4) optimizer.lr=0.1"
+    assert labels[3] == "loss=ArcFaceLoss(margin=28.6) optimizer.lr=0.01"
+    for _, variant in combinations:
+        assert "grid" not in variant
+        parse_config(variant)
+
+
+def test_grid_key_is_checked() -> None:
+    with pytest.raises(ConfigError, match="unknown key 'optimiser.lr'"):
+        parse_grid_option("optimiser.lr=1,2")
