@@ -1,0 +1,1 @@
+"""Labelled images: built-in sets, folders and CSVs, validation splits, batch loaders, transforms."""

@@ -1,0 +1,164 @@
+"""Labelled image collections as datasets that yield uint8 tensors of one size.
+
+Every collection yields `(image, label)` with `image` a uint8 tensor (C, H, W) and `label` an int64
+scalar; indexed with a list of indices it yields the whole batch, (B, C, H, W) and (B,), so a loader
+can hand it batches from a batch sampler without collating item by item. Conversion to float,
+normalisation and augmentation happen on batches, in the model's step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+Index = int | Sequence[int] | torch.Tensor
+
+
+def _as_index_tensor(index: Index) -> torch.Tensor | int:
+    if isinstance(index, int | np.integer):
+        return int(index)
+    return torch.as_tensor(index, dtype=torch.long)
+
+
+def check_labels(labels: torch.Tensor, what: str) -> torch.Tensor:
+    """Labels must be a 1-D integer tensor: an (N, 1) column is refused, not broadcast."""
+    if labels.ndim != 1:
+        raise ValueError(f"{what}: labels must be 1-D of shape (N,), got shape {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"{what}: labels must be integers, got {labels.dtype}")
+    return labels.long()
+
+
+@dataclass
+class LabelledImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """The common part of every collection: labels, optional ignore groups, optional class names."""
+
+    labels: torch.Tensor
+    groups: torch.Tensor | None = None
+    class_names: list[str] | None = None
+    name: str = "images"
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def channels(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def image_size(self) -> int:
+        raise NotImplementedError
+
+    def subset(self, indices: torch.Tensor, labels: torch.Tensor | None = None) -> LabelledImages:
+        """The items at `indices` (optionally relabelled), as a collection of the same kind."""
+        raise NotImplementedError
+
+
+@dataclass
+class InMemoryImages(LabelledImages):
+    """Small sets held as one uint8 tensor (N, C, H, W): an epoch is tensor indexing, not PIL."""
+
+    images: torch.Tensor = field(default_factory=lambda: torch.empty(0, 1, 1, 1, dtype=torch.uint8))
+
+    def __post_init__(self) -> None:
+        self.labels = check_labels(self.labels, self.name)
+        if self.images.ndim != 4 or self.images.dtype != torch.uint8:
+            raise ValueError(
+                f"{self.name}: images must be uint8 of shape (N, C, H, W), "
+                f"got {self.images.dtype} {tuple(self.images.shape)}"
+            )
+        if self.images.shape[0] != self.labels.shape[0]:
+            raise ValueError(f"{self.name}: {self.images.shape[0]} images but {self.labels.shape[0]} labels")
+
+    def __getitem__(self, index: Index) -> tuple[torch.Tensor, torch.Tensor]:
+        position = _as_index_tensor(index)
+        return self.images[position], self.labels[position]
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def subset(self, indices: torch.Tensor, labels: torch.Tensor | None = None) -> InMemoryImages:
+        return InMemoryImages(
+            labels=self.labels[indices] if labels is None else labels,
+            groups=None if self.groups is None else self.groups[indices],
+            class_names=self.class_names,
+            name=self.name,
+            images=self.images[indices],
+        )
+
+
+def read_image(path: Path, image_size: int, channels: int) -> torch.Tensor:
+    """Decode one file into a uint8 tensor (channels, image_size, image_size); errors name the file."""
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("L" if channels == 1 else "RGB")
+            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"image file {path} cannot be read as an image: {error}") from None
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
+
+
+@dataclass
+class ImageFiles(LabelledImages):
+    """Images read from files on demand, resized to a square of `size` pixels."""
+
+    paths: list[Path] = field(default_factory=list)
+    size: int = 224
+    num_channels: int = 3
+    extra: list[dict[str, str]] | None = None
+
+    def __post_init__(self) -> None:
+        self.labels = check_labels(self.labels, self.name)
+        if len(self.paths) != self.labels.shape[0]:
+            raise ValueError(f"{self.name}: {len(self.paths)} paths but {self.labels.shape[0]} labels")
+
+    def __getitem__(self, index: Index) -> tuple[torch.Tensor, torch.Tensor]:
+        position = _as_index_tensor(index)
+        if isinstance(position, int):
+            return read_image(self.paths[position], self.size, self.num_channels), self.labels[position]
+        images = [read_image(self.paths[i], self.size, self.num_channels) for i in position.tolist()]
+        return torch.stack(images) if images else torch.empty(0), self.labels[position]
+
+    @property
+    def channels(self) -> int:
+        return self.num_channels
+
+    @property
+    def image_size(self) -> int:
+        return self.size
+
+    def subset(self, indices: torch.Tensor, labels: torch.Tensor | None = None) -> ImageFiles:
+        chosen = indices.tolist()
+        return ImageFiles(
+            labels=self.labels[indices] if labels is None else labels,
+            groups=None if self.groups is None else self.groups[indices],
+            class_names=self.class_names,
+            name=self.name,
+            paths=[self.paths[i] for i in chosen],
+            size=self.size,
+            num_channels=self.num_channels,
+            extra=None if self.extra is None else [self.extra[i] for i in chosen],
+        )
+
+
+def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a float batch (B, C, H, W) to (B, C, size, size); a no-op when it already fits."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)

@@ -1,0 +1,184 @@
+"""From a data config to training images and validation queries and gallery.
+
+Training labels are re-coded to 0..C-1 (classification heads index their weights by them); query and
+gallery labels keep the source's codes, so a query matches gallery items of its own identity whether
+the gallery is the training set or the validation set itself. The split is seeded and returned as a
+record that the run folder keeps (split.json).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from embedlab.config import DataConfig
+from embedlab.data.builtin import BUILTIN_SETS
+from embedlab.data.images import ImageFiles, InMemoryImages, LabelledImages
+from embedlab.data.sources import FileSource, read_csv, read_folder
+
+DEFAULT_FILE_IMAGE_SIZE = 224
+
+
+@dataclass
+class DataSplits:
+    """Training images, validation queries, and the gallery they search (None: the queries themselves)."""
+
+    train: LabelledImages
+    query: LabelledImages
+    gallery: LabelledImages | None
+    num_classes: int
+    class_counts: torch.Tensor
+    channels: int
+    image_size: int
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def concat(parts: list[InMemoryImages], name: str) -> InMemoryImages:
+    return InMemoryImages(
+        labels=torch.cat([p.labels for p in parts]),
+        images=torch.cat([p.images for p in parts]),
+        class_names=parts[0].class_names,
+        name=name,
+    )
+
+
+def _hold_out_classes(labels: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """A mask of the items whose class is held out; at least one class on each side."""
+    classes = torch.unique(labels)
+    if len(classes) < 2:
+        raise ValueError(f"holding out classes needs at least 2 classes, found {len(classes)}")
+    count = min(max(1, round(fraction * len(classes))), len(classes) - 1)
+    held = classes[torch.randperm(len(classes), generator=generator)[:count]]
+    return torch.isin(labels, held)
+
+
+def _hold_out_images(labels: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """A mask holding out `fraction` of every class's images (none from a class with one image)."""
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    for label in torch.unique(labels):
+        members = torch.nonzero(labels == label).flatten()
+        count = min(round(fraction * len(members)), len(members) - 1)
+        if len(members) >= 2:
+            count = max(count, 1)
+        if count > 0:
+            mask[members[torch.randperm(len(members), generator=generator)[:count]]] = True
+    return mask
+
+
+def _subsample(images: LabelledImages, limit: int | None, generator: torch.Generator) -> LabelledImages:
+    if limit is None or len(images) <= limit:
+        return images
+    chosen = torch.randperm(len(images), generator=generator)[:limit].sort().values
+    return images.subset(chosen)
+
+
+def _load_source(cfg: DataConfig) -> tuple[LabelledImages, LabelledImages | None, FileSource | None]:
+    """(all or train images, predefined validation images or None, the file source if any)."""
+    if cfg.dataset in BUILTIN_SETS:
+        builtin = BUILTIN_SETS[cfg.dataset]()
+        return builtin.train, builtin.test, None
+    path = Path(cfg.dataset).expanduser()
+    size = cfg.image_size or DEFAULT_FILE_IMAGE_SIZE
+    channels = cfg.channels or 3
+    if path.suffix.lower() == ".csv":
+        source = read_csv(path, size, channels, Path(cfg.root) if cfg.root else None)
+    elif path.is_dir():
+        source = read_folder(path, size, channels)
+    else:
+        raise FileNotFoundError(
+            f"data.dataset {cfg.dataset!r} is neither a built-in set ({', '.join(BUILTIN_SETS)}), "
+            "nor an existing folder, nor a .csv file"
+        )
+    if source.split is None:
+        return source.images, None, source
+    in_train = torch.tensor([s == "train" for s in source.split])
+    train = source.images.subset(torch.nonzero(in_train).flatten())
+    validation_positions = torch.nonzero(~in_train).flatten()
+    if len(validation_positions) == 0:
+        raise ValueError(f"{path}: the split column names no validation rows")
+    return train, source.images.subset(validation_positions), source
+
+
+def prepare_data(cfg: DataConfig) -> DataSplits:
+    """Load the configured dataset and make its training, query and gallery sets."""
+    everything, predefined, source = _load_source(cfg)
+    generator = torch.Generator().manual_seed(cfg.validation.seed)
+    mode = cfg.validation.split
+    if mode == "auto":
+        mode = "predefined" if predefined is not None else "classes"
+    if mode == "predefined":
+        if predefined is None:
+            raise ValueError(
+                f"data.validation.split is 'predefined' but {cfg.dataset} has no test split "
+                "(a CSV needs a 'split' column); use 'classes' or 'images'"
+            )
+        train, validation = everything, predefined
+    else:
+        pool = everything
+        if predefined is not None:
+            pool = (
+                concat([everything, predefined], everything.name)  # type: ignore[list-item]
+                if isinstance(everything, InMemoryImages)
+                else _concat_files(everything, predefined)
+            )
+        held = (_hold_out_classes if mode == "classes" else _hold_out_images)(
+            pool.labels, cfg.validation.fraction, generator
+        )
+        train = pool.subset(torch.nonzero(~held).flatten())
+        validation = pool.subset(torch.nonzero(held).flatten())
+
+    train = _subsample(train, cfg.max_images_per_split, generator)
+    validation = _subsample(validation, cfg.max_images_per_split, generator)
+
+    gallery_mode = cfg.gallery
+    if gallery_mode == "auto":
+        gallery_mode = "train" if mode == "predefined" and source is None else "validation"
+    query, gallery = validation, (train if gallery_mode == "train" else None)
+
+    train_classes, train_codes = torch.unique(train.labels, return_inverse=True)
+    training = train.subset(torch.arange(len(train)), labels=train_codes)
+    class_counts = torch.bincount(train_codes, minlength=len(train_classes))
+    names = everything.class_names
+    record = {
+        "dataset": cfg.dataset,
+        "validation_split": mode,
+        "gallery": gallery_mode,
+        "seed": cfg.validation.seed,
+        "train_images": len(training),
+        "query_images": len(query),
+        "gallery_images": len(gallery) if gallery is not None else len(query),
+        "train_classes": [_name(names, int(c)) for c in train_classes],
+        "validation_classes": [_name(names, int(c)) for c in torch.unique(validation.labels)],
+    }
+    return DataSplits(
+        train=training,
+        query=query,
+        gallery=gallery,
+        num_classes=len(train_classes),
+        class_counts=class_counts,
+        channels=cfg.channels or everything.channels,
+        image_size=cfg.image_size or everything.image_size,
+        record=record,
+    )
+
+
+def _name(names: list[str] | None, code: int) -> str | int:
+    return names[code] if names is not None and code < len(names) else code
+
+
+def _concat_files(first: LabelledImages, second: LabelledImages) -> LabelledImages:
+    assert isinstance(first, ImageFiles) and isinstance(second, ImageFiles)
+    return ImageFiles(
+        labels=torch.cat([first.labels, second.labels]),
+        groups=None
+        if first.groups is None or second.groups is None
+        else torch.cat([first.groups, second.groups]),
+        class_names=first.class_names,
+        name=first.name,
+        paths=first.paths + second.paths,
+        size=first.size,
+        num_channels=first.num_channels,
+    )

@@ -1,0 +1,57 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from embedlab.data import builtin
+from embedlab.data.builtin import load_digits, load_fashion_mnist, load_mnist_5k, read_idx
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as stream:
+        stream.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_read_idx_round_trip_and_truncation(tmp_path) -> None:
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    _write_idx(tmp_path / "x.gz", array)
+    assert np.array_equal(read_idx(tmp_path / "x.gz"), array)
+    with gzip.open(tmp_path / "short.gz", "wb") as stream:
+        stream.write(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + b"\x01\x02")
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(tmp_path / "short.gz")
+
+
+def test_fashion_mnist_from_a_folder_named_by_the_environment(tmp_path, monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 6), ("t10k", 4)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    monkeypatch.setenv(builtin.FASHION_MNIST_ENV, str(tmp_path))
+    loaded = load_fashion_mnist()
+    assert loaded.train.images.shape == (6, 1, 28, 28)
+    assert loaded.test is not None and loaded.test.labels.tolist() == [0, 1, 2, 3]
+
+
+def test_missing_fashion_mnist_explains_how_to_get_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(builtin.FASHION_MNIST_ENV, str(tmp_path / "empty"))
+    monkeypatch.setattr(builtin, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "none")
+    monkeypatch.setattr(builtin.Path, "home", lambda: tmp_path / "home")
+    import torchvision.datasets
+
+    def no_network(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", no_network)
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist()
+
+
+def test_digits_and_mnist_5k_are_uint8_images_with_ten_classes() -> None:
+    digits = load_digits().train
+    assert digits.images.shape == (1797, 1, 8, 8) and int(digits.images.max()) == 255
+    mnist = load_mnist_5k().train
+    assert mnist.images.shape == (5000, 1, 28, 28)
+    assert sorted(set(mnist.labels.tolist())) == list(range(10))

@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from embedlab.config import DataConfig, ValidationSplitConfig
+from embedlab.data.splits import prepare_data
+
+
+def test_held_out_classes_are_disjoint_and_train_labels_contiguous() -> None:
+    data = prepare_data(
+        DataConfig(dataset="digits", validation=ValidationSplitConfig(split="classes", fraction=0.3))
+    )
+    train_classes = set(data.record["train_classes"])
+    validation_classes = set(data.record["validation_classes"])
+    assert train_classes.isdisjoint(validation_classes)
+    assert len(validation_classes) == 3 and data.num_classes == 7
+    assert data.train.labels.min() == 0 and data.train.labels.max() == 6
+    assert int(data.class_counts.sum()) == len(data.train)
+    assert data.gallery is None  # the validation set searches itself
+
+
+def test_held_out_images_keep_every_class_on_both_sides() -> None:
+    data = prepare_data(
+        DataConfig(dataset="digits", validation=ValidationSplitConfig(split="images", fraction=0.2))
+    )
+    assert data.num_classes == 10
+    assert set(data.query.labels.tolist()) == set(range(10))
+    assert len(data.query) + len(data.train) == 1797
+
+
+def test_split_is_seeded() -> None:
+    cfg = DataConfig(dataset="digits", validation=ValidationSplitConfig(split="classes", seed=3))
+    assert prepare_data(cfg).record == prepare_data(cfg).record
+    other = prepare_data(
+        DataConfig(dataset="digits", validation=ValidationSplitConfig(split="classes", seed=4))
+    )
+    first = prepare_data(cfg)
+    assert other.record["validation_classes"] != first.record["validation_classes"] or not torch.equal(
+        other.query.images, first.query.images
+    )
+
+
+def test_predefined_split_of_a_set_without_one_is_an_error() -> None:
+    with pytest.raises(ValueError, match="has no test split"):
+        prepare_data(DataConfig(dataset="digits", validation=ValidationSplitConfig(split="predefined")))
+
+
+def test_gallery_can_be_the_training_images_with_original_labels() -> None:
+    data = prepare_data(
+        DataConfig(dataset="digits", gallery="train", validation=ValidationSplitConfig(split="images"))
+    )
+    assert data.gallery is not None
+    assert set(data.gallery.labels.tolist()) == set(data.query.labels.tolist())
+
+
+def test_csv_split_column_is_used_and_gallery_is_the_validation_set(image_csv) -> None:
+    data = prepare_data(DataConfig(dataset=str(image_csv), image_size=8))
+    assert data.record["validation_split"] == "predefined"
+    assert data.record["train_classes"] == ["id_0", "id_1"]
+    assert data.gallery is None and len(data.query) == 10
+    assert data.query.groups is not None
+    assert data.channels == 3 and data.image_size == 8
+
+
+def test_folder_gets_an_open_set_split(image_folder) -> None:
+    data = prepare_data(DataConfig(dataset=str(image_folder), image_size=8))
+    assert data.record["validation_split"] == "classes"
+    assert len(data.record["validation_classes"]) == 1
+
+
+def test_unknown_dataset_lists_the_builtin_names() -> None:
+    with pytest.raises(FileNotFoundError, match="fashion-mnist, mnist-5k, digits"):
+        prepare_data(DataConfig(dataset="no-such-set"))
+
+
+def test_subsampling_caps_each_split() -> None:
+    data = prepare_data(
+        DataConfig(
+            dataset="digits", max_images_per_split=100, validation=ValidationSplitConfig(split="images")
+        )
+    )
+    assert len(data.train) == 100 and len(data.query) == 100
