@@ -1,0 +1,59 @@
+"""The embedder: preprocessing -> backbone -> pooling -> neck -> L2-normalised embedding (B, D).
+
+It takes raw images, uint8 or 0..255 floats of shape (B, C, H, W), so that a trained embedder, an
+exported ONNX graph and the search server all see pixels the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from embedlab.config import ModelConfig
+from embedlab.data.transforms import Preprocess
+from embedlab.models.backbones import Backbone, create_backbone
+from embedlab.models.necks import LinearBatchNormNeck
+from embedlab.models.pooling import POOLING
+
+#: Statistics for backbones trained from scratch: pixels in [0, 1] mapped to [-1, 1].
+NEUTRAL_MEAN, NEUTRAL_STD = 0.5, 0.5
+
+
+class Embedder(nn.Module):
+    def __init__(
+        self, preprocess: Preprocess, backbone: Backbone, pooling: nn.Module, neck: nn.Module
+    ) -> None:
+        super().__init__()
+        self.preprocess = preprocess
+        self.backbone = backbone
+        self.pooling = pooling
+        self.neck = neck
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.neck.linear.out_features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw images (B, C, H, W) -> unit-length embeddings (B, D)."""
+        features = self.backbone(self.preprocess(images))
+        return F.normalize(self.neck(self.pooling(features)).float(), dim=-1)
+
+
+def _normalisation(backbone: Backbone, channels: int) -> tuple[list[float], list[float]]:
+    if backbone.pretrained_normalisation is None:
+        return [NEUTRAL_MEAN] * channels, [NEUTRAL_STD] * channels
+    mean, std = backbone.pretrained_normalisation
+    if len(mean) != channels:
+        # timm sums a pretrained RGB stem into one grey channel; grey pixels then see the RGB means' mean
+        return [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
+    return list(mean), list(std)
+
+
+def build_embedder(cfg: ModelConfig, channels: int, image_size: int) -> Embedder:
+    """Assemble the embedder the model config describes, for images of `channels` x `image_size`^2."""
+    backbone = create_backbone(cfg.backbone, channels, cfg.pretrained, cfg.weights_path)
+    mean, std = _normalisation(backbone, channels)
+    pooling = POOLING.build("gem", p=cfg.gem_p) if cfg.pooling == "gem" else POOLING.build(cfg.pooling)
+    neck = LinearBatchNormNeck(backbone.num_features, cfg.embedding_dim, cfg.dropout)
+    return Embedder(Preprocess(channels, image_size, mean, std), backbone, pooling, neck)

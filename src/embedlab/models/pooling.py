@@ -1,0 +1,48 @@
+"""Global pooling of feature maps (B, C, H, W) -> (B, C): GeM with a learnable exponent, average, max.
+
+GeM (Radenovic et al., "Fine-tuning CNN Image Retrieval with No Human Annotation", TPAMI 2018):
+gem(x) = (mean over H, W of clamp(x, eps)^p)^(1/p); p = 1 is average pooling, p -> inf max pooling.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from embedlab.registry import Registry
+
+
+def gem(features: torch.Tensor, p: torch.Tensor | float, eps: float = 1e-6) -> torch.Tensor:
+    """Generalised mean over the spatial axes of (B, C, H, W) -> (B, C)."""
+    return features.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+
+POOLING: Registry[nn.Module] = Registry("pooling")
+
+
+@POOLING.register(name="gem")
+class GeM(nn.Module):
+    """GeM pooling whose exponent `p` is a learned parameter."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return gem(features, self.p, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p.item():.3f}, eps={self.eps}"
+
+
+@POOLING.register(name="avg")
+class AveragePool(nn.Module):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features.mean(dim=(-2, -1))
+
+
+@POOLING.register(name="max")
+class MaxPool(nn.Module):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features.amax(dim=(-2, -1))

@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from embedlab.models.backbones import create_backbone
+
+
+def test_small_cnn_gives_a_feature_map() -> None:
+    backbone = create_backbone("small_cnn", in_chans=1)
+    features = backbone(torch.rand(2, 1, 28, 28))
+    assert features.shape == (2, backbone.num_features, 7, 7)
+
+
+def test_timm_cnn_with_one_input_channel() -> None:
+    backbone = create_backbone("resnet18", in_chans=1)
+    assert backbone(torch.rand(2, 1, 32, 32)).shape == (2, 512, 1, 1)
+
+
+def test_transformer_tokens_become_a_grid() -> None:
+    backbone = create_backbone("vit_tiny_patch16_224", in_chans=3).eval()
+    features = backbone(torch.rand(1, 3, 224, 224))
+    assert features.shape == (1, backbone.num_features, 14, 14)
+
+
+def test_channels_last_family_is_permuted() -> None:
+    backbone = create_backbone("swin_tiny_patch4_window7_224", in_chans=3).eval()
+    features = backbone(torch.rand(1, 3, 224, 224))
+    assert features.shape == (1, backbone.num_features, 7, 7)
+
+
+def test_unknown_backbone_suggests_a_name() -> None:
+    with pytest.raises(ValueError, match=r"unknown backbone 'resnet17'.*Did you mean"):
+        create_backbone("resnet17", in_chans=3)
+
+
+def test_small_cnn_has_no_pretrained_weights() -> None:
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        create_backbone("small_cnn", in_chans=1, pretrained=True)

@@ -1,0 +1,25 @@
+import torch
+
+from embedlab.config import ModelConfig
+from embedlab.models import build_embedder
+
+
+def test_embeddings_are_unit_length_of_the_configured_size() -> None:
+    embedder = build_embedder(ModelConfig(embedding_dim=24), channels=1, image_size=28).eval()
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    embeddings = embedder(images)
+    assert embeddings.shape == (5, 24)
+    assert torch.allclose(embeddings.norm(dim=1), torch.ones(5), atol=1e-5)
+    assert embedder.embedding_dim == 24
+
+
+def test_embedder_resizes_input_of_another_size() -> None:
+    embedder = build_embedder(ModelConfig(), channels=1, image_size=28).eval()
+    assert embedder(torch.randint(0, 256, (2, 1, 40, 40), dtype=torch.uint8)).shape == (2, 128)
+
+
+def test_pretrained_statistics_are_used_for_timm_backbones() -> None:
+    embedder = build_embedder(ModelConfig(backbone="resnet18", pooling="avg"), channels=3, image_size=32)
+    assert torch.allclose(embedder.preprocess.mean, torch.tensor([0.485, 0.456, 0.406]), atol=1e-3)
+    grey = build_embedder(ModelConfig(backbone="resnet18"), channels=1, image_size=32)
+    assert grey.preprocess.mean.shape == (1,)

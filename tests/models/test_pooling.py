@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from embedlab.models.pooling import POOLING, GeM, gem
+
+
+def test_gem_matches_the_formula_by_hand() -> None:
+    features = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # (1, 1, 2, 2)
+    expected = ((1 + 8 + 27 + 64) / 4) ** (1 / 3)
+    assert gem(features, 3.0).item() == pytest.approx(expected)
+
+
+def test_gem_with_p_one_is_average_and_large_p_approaches_max() -> None:
+    features = torch.rand(2, 3, 4, 4) + 0.1
+    assert torch.allclose(gem(features, 1.0), features.mean(dim=(-2, -1)))
+    assert torch.allclose(gem(features, 200.0), features.amax(dim=(-2, -1)), atol=2e-2)
+
+
+def test_gem_exponent_is_learned() -> None:
+    module = GeM(p=3.0)
+    module(torch.rand(2, 3, 4, 4)).sum().backward()
+    assert module.p.grad is not None and module.p.grad.abs() > 0
+
+
+def test_registry_builds_every_pooling() -> None:
+    features = torch.rand(2, 3, 4, 4)
+    for name in ("gem", "avg", "max"):
+        assert POOLING.build(name)(features).shape == (2, 3)
