@@ -57,6 +57,14 @@ def test_adacos_scale_changes_only_in_training_mode() -> None:
     assert torch.equal(head.current_scale, before)
 
 
+def test_adacos_two_forwards_before_one_backward() -> None:
+    head = AdaCosLoss(num_classes=4, embedding_size=3, scale="dynamic")
+    embeddings = torch.randn(5, 3, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    (head(embeddings, labels) + head(embeddings, labels)).backward()
+    assert embeddings.grad is not None and torch.isfinite(embeddings.grad).all()
+
+
 def test_adacos_scale_is_saved_in_the_state_dict() -> None:
     head = AdaCosLoss(num_classes=4, embedding_size=3, scale="dynamic")
     head(torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 0]))

@@ -77,7 +77,9 @@ class AdaCosLoss(CosineHeadLoss):
             else:
                 new_scale = adacos_semi_dynamic_scale(cosine, labels)
             self.current_scale.copy_(new_scale)
-        return self.current_scale * cosine
+        # A copy, because autograd keeps the scale for the backward pass and the next forward (another
+        # crop, gradient accumulation before backward) updates the buffer in place.
+        return self.current_scale.clone() * cosine
 
     def log_values(self) -> dict[str, float]:
         """{"scale": the current scale s}."""
