@@ -34,3 +34,20 @@ def test_unknown_name_lists_valid_names_and_suggests() -> None:
 def test_unknown_argument_is_named_never_dropped() -> None:
     with pytest.raises(TypeError, match=r"does not take 'colour_name'.*Did you mean 'colour'"):
         check_arguments(Thing, {"size": 1, "colour_name": "x"}, "thing 'Thing'")
+
+
+class Base:
+    def __init__(self, reducer: str = "mean") -> None:
+        self.reducer = reducer
+
+
+class PassesKwargsUp(Base):
+    def __init__(self, margin: float = 0.1, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.margin = margin
+
+
+def test_arguments_passed_up_to_base_classes_are_accepted_and_others_named() -> None:
+    check_arguments(PassesKwargsUp, {"margin": 0.2, "reducer": "sum"}, "loss")
+    with pytest.raises(TypeError, match=r"does not take 'reduce'.*Did you mean 'reducer'"):
+        check_arguments(PassesKwargsUp, {"reduce": "sum"}, "loss")

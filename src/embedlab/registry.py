@@ -20,16 +20,39 @@ def close_matches_hint(name: str, choices: list[str]) -> str:
     return f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
 
 
+def _own_arguments(function: Callable[..., Any]) -> tuple[set[str], bool]:
+    parameters = inspect.signature(function).parameters.values()
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names - {"self"}, any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 def accepted_arguments(factory: Callable[..., Any]) -> tuple[set[str], bool]:
-    """The keyword arguments a class or function takes, and whether it takes **kwargs."""
-    signature = inspect.signature(factory)
-    names = {
-        p.name
-        for p in signature.parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
-    }
-    takes_var_keyword = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    return names, takes_var_keyword
+    """The keyword arguments a class or function takes, and whether it takes any keyword at all.
+
+    A class whose __init__ passes **kwargs up (pytorch-metric-learning's losses hand `reducer`,
+    `distance`, ... to their base classes) accepts what its bases' __init__ methods name, up to the
+    first one without **kwargs or torch's Module, which would reject the rest anyway.
+    """
+    if not inspect.isclass(factory):
+        return _own_arguments(factory)
+    names: set[str] = set()
+    for cls in factory.__mro__:
+        if "__init__" not in vars(cls) or cls in (object, torch_module_class()):
+            continue
+        own, passes_on = _own_arguments(vars(cls)["__init__"])
+        names |= own
+        if not passes_on:
+            break
+    return names, False
+
+
+def torch_module_class() -> type | None:
+    """torch.nn.Module when torch is importable: the end of every loss's __init__ chain."""
+    try:
+        from torch import nn
+    except ImportError:
+        return None
+    return nn.Module
 
 
 def check_arguments(factory: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> None:

@@ -22,6 +22,7 @@ from embedlab.registry import Registry, accepted_arguments
 LOSSES: Registry[torch.nn.Module] = Registry("loss")
 MINERS: Registry[BaseMiner] = Registry("miner")
 
+
 def _register_module_classes(registry: Registry[Any], module: object, base: type) -> None:
     for name, value in sorted(vars(module).items()):
         if inspect.isclass(value) and issubclass(value, base) and not inspect.isabstract(value):
