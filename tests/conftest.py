@@ -42,6 +42,12 @@ def image_csv(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def quick_digits() -> list[str]:
+    """`--set` overrides for a run of a few steps on scikit-learn's digits."""
+    return list(QUICK_DIGITS)
+
+
 QUICK_DIGITS = [
     "data.dataset=digits",
     "data.validation.split=images",

@@ -1,0 +1,1 @@
+"""Training on the Lightning Trainer: the module, callbacks, run folders, `fit` and `compare`."""

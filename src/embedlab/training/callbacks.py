@@ -1,0 +1,136 @@
+"""Callbacks: retrieval metrics on the validation split after every epoch, and the per-epoch history.
+
+Training time is measured per epoch from its first to its last step, so evaluation is never counted in
+the training throughput.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from typing_extensions import override
+
+from embedlab.data.images import LabelledImages
+from embedlab.evaluation import evaluate_retrieval
+from embedlab.models.inference import embed
+
+
+class RetrievalValidation(L.Callback):
+    """Embeds the queries and the gallery after each training epoch and logs `val/<metric>`."""
+
+    def __init__(
+        self,
+        query: LabelledImages,
+        gallery: LabelledImages | None,
+        metrics: list[str],
+        batch_size: int,
+        history_path: Path,
+        num_workers: int = 0,
+    ) -> None:
+        self.query = query
+        self.gallery = gallery
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.history_path = history_path
+        self.num_workers = num_workers
+        self.train_seconds = 0.0
+        self.train_images = 0
+        self._epoch_start = 0.0
+        self._epoch_images = 0
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+        self._epoch_images = 0
+
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._epoch_images += int(batch[1].shape[0])
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch_seconds = time.perf_counter() - self._epoch_start
+        self.train_seconds += epoch_seconds
+        self.train_images += self._epoch_images
+        started = time.perf_counter()
+        embedder = pl_module.embedder  # type: ignore[attr-defined]
+        query_embeddings = embed(embedder, self.query, self.batch_size, self.num_workers)
+        gallery_embeddings = (
+            None if self.gallery is None else embed(embedder, self.gallery, self.batch_size, self.num_workers)
+        )
+        result = evaluate_retrieval(
+            query_embeddings,
+            self.query.labels.numpy(),
+            gallery_embeddings,
+            None if self.gallery is None else self.gallery.labels.numpy(),
+            metrics=self.metrics,
+            query_groups=None if self.query.groups is None else self.query.groups.numpy(),
+            gallery_groups=(
+                None if self.gallery is None or self.gallery.groups is None else self.gallery.groups.numpy()
+            ),
+        )
+        eval_seconds = time.perf_counter() - started
+        for name, value in result.metrics.items():
+            pl_module.log(
+                f"val/{name}", value, on_epoch=True, prog_bar=name in ("precision_at_1", "map_at_r")
+            )
+        train_loss = trainer.callback_metrics.get("train_loss")
+        row: dict[str, Any] = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "train_loss": float(train_loss) if train_loss is not None else float("nan"),
+            **result.metrics,
+            "n_queries": result.n_queries,
+            "n_queries_without_positives": result.n_queries_without_positives,
+            "train_seconds": round(self.train_seconds, 3),
+            "epoch_train_seconds": round(epoch_seconds, 3),
+            "images_per_second": round(self._epoch_images / max(epoch_seconds, 1e-9), 1),
+            "eval_seconds": round(eval_seconds, 3),
+        }
+        append_history(self.history_path, row)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_seconds": self.train_seconds, "train_images": self.train_images}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_seconds = float(state_dict["train_seconds"])
+        self.train_images = int(state_dict["train_images"])
+
+
+def append_history(path: Path, row: dict[str, Any]) -> None:
+    """Append a row to metrics.csv, writing the header with the first row."""
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow({k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()})
+
+
+def read_history(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def truncate_history(path: Path, first_epoch_to_drop: int) -> None:
+    """Drop rows of epochs a resumed run will train again (written after its last checkpoint)."""
+    rows = read_history(path)
+    kept = [r for r in rows if int(r["epoch"]) < first_epoch_to_drop]
+    if len(kept) == len(rows):
+        return
+    with path.open("w", newline="") as stream:
+        if kept:
+            writer = csv.DictWriter(stream, fieldnames=list(kept[0]))
+            writer.writeheader()
+            writer.writerows(kept)

@@ -1,0 +1,83 @@
+"""`compare`: every combination of a config's grid and the command line's, over several seeds.
+
+Each run trains into DIR/runs/<combination>/seed-<seed>; a run whose summary.json exists is reused, so
+an interrupted comparison picks up where it stopped. The leaderboard goes to DIR/leaderboard.{csv,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from embedlab.config import expand_grid, parse_config
+from embedlab.reporting.leaderboard import LeaderboardRow, build_leaderboard, write_leaderboard
+from embedlab.training.fit import fit
+from embedlab.training.run_dir import SUMMARY_FILE, write_json
+
+#: The leaderboard's metric columns, when the runs compute them.
+LEADERBOARD_METRICS = ("precision_at_1", "recall_at_5", "r_precision", "map_at_r", "map")
+
+
+@dataclass
+class Comparison:
+    out_dir: Path
+    rows: list[LeaderboardRow]
+    metrics: list[str]
+    csv_path: Path
+    markdown_path: Path
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:120] or "default"
+
+
+def compare(
+    raw_config: Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    grid: Sequence[tuple[str, list[Any]]] = (),
+    seeds: int = 1,
+    progress: bool = True,
+    on_run: Callable[[str, int, Path], None] | None = None,
+) -> Comparison:
+    """Train every combination for `seeds` seeds (train.seed, train.seed + 1, ...) and rank them."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    out_dir = Path(out_dir)
+    combinations = list(expand_grid(raw_config, grid))
+    configs = [(label, parse_config(variant, f"combination {label!r}")) for label, variant in combinations]
+    labels = [label for label, _ in configs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"two combinations share a name: {labels}")
+    results: list[tuple[str, int, dict[str, Any]]] = []
+    for label, cfg in configs:
+        for offset in range(seeds):
+            seed = cfg.train.seed + offset
+            run_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
+            run_dir = out_dir / "runs" / slug(label) / f"seed-{seed}"
+            if on_run is not None:
+                on_run(label, seed, run_dir)
+            summary_path = run_dir / SUMMARY_FILE
+            if summary_path.is_file():
+                summary = json.loads(summary_path.read_text())
+            else:
+                resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+                summary = fit(run_cfg, run_dir, resume=resume, force=not resume, progress=progress).summary
+            results.append((label, seed, summary))
+    available = set.intersection(*(set(s["metrics"]) for _, _, s in results))
+    metrics = [m for m in LEADERBOARD_METRICS if m in available] or sorted(available)
+    rows = build_leaderboard(results, metrics)
+    csv_path, md_path = write_leaderboard(rows, metrics, out_dir)
+    write_json(
+        out_dir / "comparison.json",
+        {
+            "combinations": labels,
+            "seeds": seeds,
+            "runs": [{"combination": c, "seed": s} for c, s, _ in results],
+        },
+    )
+    return Comparison(out_dir, rows, metrics, csv_path, md_path)

@@ -1,0 +1,174 @@
+"""`fit`: one training run from a config to a run folder (see run_dir.py for what it holds)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from embedlab.config import ExperimentConfig
+from embedlab.data.loaders import train_batches
+from embedlab.data.splits import prepare_data
+from embedlab.models.embedder import build_embedder
+from embedlab.training.callbacks import RetrievalValidation, read_history, truncate_history
+from embedlab.training.checkpoint_io import AtomicCheckpointIO
+from embedlab.training.module import EmbeddingModule
+from embedlab.training.objective import build_objective
+from embedlab.training.run_dir import (
+    BEST_CHECKPOINT,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LAST_CHECKPOINT,
+    MODEL_FILE,
+    SPLIT_FILE,
+    SUMMARY_FILE,
+    atomic_write_text,
+    write_json,
+)
+
+VERSIONED_PACKAGES = ("embedlab", "torch", "timm", "pytorch-metric-learning", "lightning", "faiss-cpu")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.summary["metrics"]
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _prepare_run_dir(out_dir: Path, resume: bool, force: bool) -> Path | None:
+    """Check the folder; returns the checkpoint to resume from, if any."""
+    last = out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: {last} does not exist; start the run without --resume")
+        return last
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            raise FileExistsError(
+                f"run folder {out_dir} already exists and is not empty; pass --resume to continue it, "
+                "--force to overwrite it, or choose another --out"
+            )
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*TensorBoard.*")
+
+
+def fit(
+    cfg: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Train the configured model, evaluate it after every epoch, and write the run folder."""
+    out_dir = Path(out_dir)
+    resume_from = _prepare_run_dir(out_dir, resume, force)
+    _quiet_lightning()
+    started = time.perf_counter()
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+
+    data = prepare_data(cfg.data)
+    embedder = build_embedder(cfg.model, data.channels, data.image_size)
+    objective = build_objective(
+        cfg,
+        num_classes=data.num_classes,
+        embedding_size=cfg.model.embedding_dim,
+        class_counts=data.class_counts,
+    )
+    module = EmbeddingModule(embedder, objective, cfg.optimizer, cfg.scheduler, cfg.data.augment)
+
+    atomic_write_text(out_dir / CONFIG_FILE, cfg.to_yaml())
+    write_json(out_dir / SPLIT_FILE, data.record)
+    write_json(
+        out_dir / MODEL_FILE,
+        {"channels": data.channels, "image_size": data.image_size, "embedding_dim": cfg.model.embedding_dim},
+    )
+    history = out_dir / HISTORY_FILE
+    if resume_from is not None:
+        checkpoint = torch.load(resume_from, map_location="cpu", weights_only=True)
+        truncate_history(history, int(checkpoint["epoch"]) + 1)
+
+    loader = train_batches(
+        data.train, cfg.train.batch_size, cfg.train.seed, cfg.data.m_per_class, cfg.data.num_workers
+    )
+    validation = RetrievalValidation(
+        data.query, data.gallery, cfg.train.metrics, cfg.train.eval_batch_size, history, cfg.data.num_workers
+    )
+    checkpoints = ModelCheckpoint(
+        dirpath=out_dir / CHECKPOINT_DIR,
+        filename=BEST_CHECKPOINT.removesuffix(".ckpt"),
+        monitor=f"val/{cfg.train.monitor}",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    trainer = L.Trainer(
+        max_epochs=cfg.train.epochs,
+        accelerator="cpu",
+        devices=1,
+        precision=cfg.train.precision,
+        logger=False,
+        callbacks=[validation, checkpoints],
+        plugins=[AtomicCheckpointIO()],
+        limit_train_batches=cfg.train.max_steps_per_epoch or 1.0,
+        num_sanity_val_steps=0,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        default_root_dir=out_dir,
+    )
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume_from)
+
+    rows = read_history(history)
+    last = rows[-1] if rows else {}
+    best_row = max(rows, key=lambda r: float(r[cfg.train.monitor])) if rows else {}
+    summary = {
+        "metrics": {name: float(last[name]) for name in cfg.train.metrics if name in last},
+        "best_epoch": int(best_row["epoch"]) if best_row else None,
+        "best_metrics": {name: float(best_row[name]) for name in cfg.train.metrics if name in best_row},
+        "epochs": cfg.train.epochs,
+        "n_queries": int(last["n_queries"]) if last else None,
+        "n_queries_without_positives": int(last["n_queries_without_positives"]) if last else None,
+        "train_seconds": round(validation.train_seconds, 3),
+        "images_per_second": round(validation.train_images / max(validation.train_seconds, 1e-9), 1),
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "num_classes": data.num_classes,
+        "train_images": len(data.train),
+        "versions": package_versions(),
+    }
+    write_json(out_dir / SUMMARY_FILE, summary)
+    return RunResult(run_dir=out_dir, summary=summary)

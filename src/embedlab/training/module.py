@@ -1,0 +1,121 @@
+"""The LightningModule: it receives a built embedder and objective and trains them together."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from typing_extensions import override
+
+from embedlab.config import AugmentConfig, OptimizerConfig, SchedulerConfig
+from embedlab.data.transforms import augment
+from embedlab.models.embedder import Embedder
+from embedlab.training.objective import Objective
+
+
+def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear from ~0 to 1 over `warmup_steps`, then cosine down to `min_ratio`."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def step_factor(step: int, steps_per_epoch: int, warmup_steps: int, step_epochs: int, gamma: float) -> float:
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return gamma ** ((step // max(1, steps_per_epoch)) // step_epochs)
+
+
+def _decays(name: str, parameter: nn.Parameter) -> bool:
+    """Weight decay for weight matrices and kernels only: not for norms, biases or the GeM exponent."""
+    return parameter.ndim > 1 and not name.endswith(".bias")
+
+
+class EmbeddingModule(L.LightningModule):
+    def __init__(
+        self,
+        embedder: Embedder,
+        objective: Objective,
+        optimizer: OptimizerConfig,
+        scheduler: SchedulerConfig,
+        augmentation: AugmentConfig,
+    ) -> None:
+        super().__init__()
+        self.embedder = embedder
+        self.loss = objective.loss
+        self.loss_parameter_groups = objective.parameter_groups
+        self.optimizer_settings = optimizer
+        self.scheduler_settings = scheduler
+        self.augmentation = augmentation
+        self.has_augmentation = augmentation.flip or augmentation.crop_padding > 0
+
+    @override
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embedder(images)
+
+    @override
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        if self.has_augmentation:
+            images = augment(images, self.augmentation)
+        loss = self.loss(self.embedder(images), labels)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
+        return loss
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        log_values = getattr(self.loss, "log_values", None)
+        if callable(log_values):
+            for key, value in log_values().items():
+                self.log(f"loss/{key}", float(value), on_epoch=True)
+
+    @override
+    def configure_optimizers(self) -> Any:
+        settings = self.optimizer_settings
+        head_lr = settings.head_lr or settings.lr
+        decay, no_decay = [], []
+        for name, parameter in self.embedder.named_parameters():
+            (decay if _decays(name, parameter) else no_decay).append(parameter)
+        groups: list[dict[str, Any]] = [
+            {"params": decay, "weight_decay": settings.weight_decay, "lr": settings.lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": settings.lr},
+        ]
+        for parameters, lr in self.loss_parameter_groups:
+            groups.append({"params": parameters, "weight_decay": 0.0, "lr": lr or head_lr})
+        groups = [g for g in groups if g["params"]]
+        optimizer: torch.optim.Optimizer
+        if settings.name == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=True)
+        elif settings.name == "adam":
+            optimizer = torch.optim.Adam(groups, lr=settings.lr)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=settings.lr)
+
+        schedule = self.scheduler_settings
+        if schedule.name == "constant" and schedule.warmup_epochs == 0:
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
+        warmup_steps = round(schedule.warmup_epochs * steps_per_epoch)
+        if schedule.name == "cosine":
+
+            def factor(step: int) -> float:
+                return warmup_cosine_factor(step, total_steps, warmup_steps, schedule.min_lr_ratio)
+
+        elif schedule.name == "step":
+
+            def factor(step: int) -> float:
+                return step_factor(step, steps_per_epoch, warmup_steps, schedule.step_epochs, schedule.gamma)
+
+        else:
+
+            def factor(step: int) -> float:
+                return min(1.0, (step + 1) / warmup_steps)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,93 @@
+"""The run folder: what a training run writes, and how a finished run is loaded back.
+
+RUN_DIR/
+  config.yaml          the resolved config
+  split.json           which classes and how many images went where
+  model.json           input channels and size, embedding size (to rebuild the embedder)
+  metrics.csv          one row per epoch: loss, validation metrics, times, throughput
+  summary.json         the final metrics under their METRICS.md names, times, versions
+  checkpoints/best.ckpt, checkpoints/last.ckpt   written atomically
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from embedlab.config import ExperimentConfig, load_config
+from embedlab.models.embedder import Embedder, build_embedder
+
+CONFIG_FILE = "config.yaml"
+SPLIT_FILE = "split.json"
+MODEL_FILE = "model.json"
+HISTORY_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = "best.ckpt"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; is {path.parent} a finished embedlab run?")
+    return json.loads(path.read_text())
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: ExperimentConfig
+    embedder: Embedder
+    checkpoint_path: Path
+
+
+def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
+    name = BEST_CHECKPOINT if which == "best" else LAST_CHECKPOINT
+    return run_dir / CHECKPOINT_DIR / name
+
+
+def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
+    """Rebuild a run's embedder from its config and load its checkpoint (weights_only=True)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    config, _ = load_config(run_dir / CONFIG_FILE)
+    shape = read_json(run_dir / MODEL_FILE)
+    model_cfg = config.model.model_copy(update={"pretrained": False, "weights_path": None})
+    embedder = build_embedder(model_cfg, int(shape["channels"]), int(shape["image_size"]))
+    path = checkpoint_path(run_dir, which)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; the run has not finished an epoch")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = {
+        k.removeprefix("embedder."): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("embedder.")
+    }
+    embedder.load_state_dict(state)
+    embedder.eval()
+    return LoadedRun(run_dir=run_dir, config=config, embedder=embedder, checkpoint_path=path)

@@ -1,0 +1,41 @@
+import csv
+
+from embedlab.config import load_config, parse_grid_option
+from embedlab.training.compare import compare
+from embedlab.training.fit import fit
+
+
+def test_compare_runs_every_combination_and_seed_and_ranks_them(tmp_path, quick_digits) -> None:
+    _, raw = load_config(None, quick_digits)
+    raw["grid"] = {
+        "loss": [{"name": "ContrastiveLoss"}, {"name": "CosFaceLoss", "margin": 0.35, "scale": 32}]
+    }
+    comparison = compare(
+        raw, tmp_path, grid=[parse_grid_option("optimizer.lr=0.001,0.003")], seeds=2, progress=False
+    )
+    assert len(comparison.rows) == 4
+    assert all(len(row.seeds) == 2 for row in comparison.rows)
+    assert sorted(comparison.rows[0].seeds) == [0, 1]
+    means = [row.mean("map_at_r") for row in comparison.rows]
+    assert means == sorted(means, reverse=True)
+    with comparison.csv_path.open() as stream:
+        table = list(csv.DictReader(stream))
+    assert {r["combination"] for r in table} == {
+        "loss=ContrastiveLoss optimizer.lr=0.001",
+        "loss=ContrastiveLoss optimizer.lr=0.003",
+        "loss=CosFaceLoss(margin=0.35, scale=32) optimizer.lr=0.001",
+        "loss=CosFaceLoss(margin=0.35, scale=32) optimizer.lr=0.003",
+    }
+    assert {"precision_at_1_mean", "map_at_r_std", "train_seconds_mean", "images_per_second_mean"} <= set(
+        table[0]
+    )
+    assert len(list((tmp_path / "runs").glob("*/seed-*/summary.json"))) == 8
+
+
+def test_finished_runs_are_reused_when_a_comparison_is_run_again(tmp_path, monkeypatch, quick_digits) -> None:
+    _, raw = load_config(None, quick_digits)
+    compare(raw, tmp_path, progress=False)
+    calls = []
+    monkeypatch.setattr("embedlab.training.compare.fit", lambda *a, **k: calls.append(a) or fit(*a, **k))
+    again = compare(raw, tmp_path, progress=False)
+    assert calls == [] and len(again.rows) == 1
