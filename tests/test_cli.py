@@ -1,0 +1,101 @@
+"""The `embedlab` console script, run as a user runs it: a subprocess of the installed entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+EMBEDLAB = shutil.which("embedlab", path=str(Path(sys.executable).parent)) or "embedlab"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([EMBEDLAB, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture
+def digits_config(tmp_path: Path, quick_digits: list[str]) -> Path:
+    from embedlab.config import load_config
+
+    _, raw = load_config(None, quick_digits)
+    path = tmp_path / "digits.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_help_lists_the_commands() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("train", "evaluate", "compare", "demo"):
+        assert command in result.stdout
+
+
+def test_train_then_evaluate_the_run(tmp_path: Path, digits_config: Path) -> None:
+    out = tmp_path / "run"
+    trained = run("train", str(digits_config), "--out", str(out), "--set", "train.seed=3")
+    assert trained.returncode == 0, trained.stderr
+    assert "precision_at_1" in trained.stdout and (out / "summary.json").is_file()
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["seed"] == 3
+    evaluated = run("evaluate", str(out), "--json", "--metrics", "precision_at_1,map_at_r")
+    assert evaluated.returncode == 0, evaluated.stderr
+    payload = json.loads(evaluated.stdout)
+    assert set(payload) >= {"precision_at_1", "map_at_r", "n_queries", "n_queries_without_positives"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert payload["precision_at_1"] == pytest.approx(summary["best_metrics"]["precision_at_1"], abs=1e-6)
+
+
+def test_unknown_config_key_is_a_clear_error(digits_config: Path, tmp_path: Path) -> None:
+    result = run("train", str(digits_config), "--out", str(tmp_path / "x"), "--set", "model.embeding_dim=3")
+    assert result.returncode == 2
+    assert "unknown key 'model.embeding_dim'" in result.stdout and "embedding_dim" in result.stdout
+
+
+def test_evaluate_embeddings_from_npy_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "q.npy", rng.normal(size=(30, 4)).astype(np.float32))
+    np.save(tmp_path / "ql.npy", np.arange(30) % 3)
+    result = run(
+        "evaluate",
+        "--query-embeddings",
+        str(tmp_path / "q.npy"),
+        "--query-labels",
+        str(tmp_path / "ql.npy"),
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["n_queries"] == 30 and 0.0 <= payload["map_at_r"] <= 1.0
+
+
+def test_label_column_is_refused_naming_the_shape(tmp_path: Path) -> None:
+    np.save(tmp_path / "q.npy", np.zeros((5, 4), dtype=np.float32))
+    np.save(tmp_path / "ql.npy", np.zeros((5, 1), dtype=np.int64))
+    result = run(
+        "evaluate", "--query-embeddings", str(tmp_path / "q.npy"), "--query-labels", str(tmp_path / "ql.npy")
+    )
+    assert result.returncode == 2
+    assert "(5, 1)" in result.stdout
+
+
+def test_compare_writes_the_leaderboard(tmp_path: Path, digits_config: Path) -> None:
+    out = tmp_path / "cmp"
+    result = run(
+        "compare",
+        str(digits_config),
+        "--out",
+        str(out),
+        "--grid",
+        "loss.name=ContrastiveLoss,MultiSimilarityLoss",
+    )
+    assert result.returncode == 0, result.stderr
+    markdown = (out / "leaderboard.md").read_text()
+    assert "loss.name=ContrastiveLoss" in markdown and "loss.name=MultiSimilarityLoss" in markdown
+    assert "leaderboard" in result.stdout
