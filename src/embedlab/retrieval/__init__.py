@@ -1,0 +1,43 @@
+"""Nearest-neighbour search over embeddings: exact (chunked, bounded memory) and faiss approximate."""
+
+from embedlab.retrieval.knn import (
+    DEFAULT_MAX_MEMORY_BYTES,
+    ApproximateRecall,
+    Exclusions,
+    IndexOptions,
+    NeighbourBlock,
+    SearchMethod,
+    SimilarityBlock,
+    SimilarityMetric,
+    approximate_recall,
+    build_index,
+    iter_neighbour_blocks,
+    iter_search,
+    iter_similarity_blocks,
+    l2_normalize,
+    make_exclusions,
+    prepare_embeddings,
+    search,
+    top_k,
+)
+
+__all__ = [
+    "DEFAULT_MAX_MEMORY_BYTES",
+    "ApproximateRecall",
+    "Exclusions",
+    "IndexOptions",
+    "NeighbourBlock",
+    "SearchMethod",
+    "SimilarityBlock",
+    "SimilarityMetric",
+    "approximate_recall",
+    "build_index",
+    "iter_neighbour_blocks",
+    "iter_search",
+    "iter_similarity_blocks",
+    "l2_normalize",
+    "make_exclusions",
+    "prepare_embeddings",
+    "search",
+    "top_k",
+]
