@@ -1,0 +1,27 @@
+"""Retrieval evaluation: the metrics of METRICS.md, query/gallery protocols and scenarios."""
+
+from embedlab.evaluation.engine import (
+    DEFAULT_METRICS,
+    VALID_METRIC_FORMS,
+    MetricSpec,
+    RetrievalResult,
+    evaluate_embedding_files,
+    evaluate_retrieval,
+    evaluate_scenarios,
+    format_metrics_table,
+    parse_metric,
+    parse_metrics,
+)
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "VALID_METRIC_FORMS",
+    "MetricSpec",
+    "RetrievalResult",
+    "evaluate_embedding_files",
+    "evaluate_retrieval",
+    "evaluate_scenarios",
+    "format_metrics_table",
+    "parse_metric",
+    "parse_metrics",
+]
