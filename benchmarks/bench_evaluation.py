@@ -1,0 +1,178 @@
+"""Benchmark: embedlab's evaluation engine against pytorch-metric-learning's AccuracyCalculator.
+
+For each size and class count, the same random 128-d embeddings (L2-normalised, labels uniform over
+the classes) are written to .npy files, then each library scores them in its own subprocess, so that
+each peak resident memory (ru_maxrss of the child) is its own. Printed per case: wall time of the
+evaluation call, peak RSS, their ratios, and the largest absolute difference between the metric values.
+
+AccuracyCalculator runs as its users run it for MAP@R: k="max_bin_count", its default faiss kNN (squared
+L2, which ranks L2-normalised vectors like cosine). Compared metrics: precision_at_1, r_precision,
+map_at_r (its mean_average_precision_at_r). The large case scores embedlab alone.
+
+Usage:
+    python benchmarks/bench_evaluation.py                  # 10k and 50k, 10 and 1,000 classes
+    python benchmarks/bench_evaluation.py --large --max-memory-gib 4   # 1,000,000 x 128, 10,000 classes
+    python benchmarks/bench_evaluation.py --sizes 2000 --classes 10   # a quick smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COMPARED = {
+    "precision_at_1": "precision_at_1",
+    "r_precision": "r_precision",
+    "map_at_r": "mean_average_precision_at_r",
+}
+LARGE_METRICS = ("precision_at_1", "recall_at_10", "map_at_100")
+
+
+def make_data(n: int, n_classes: int, dim: int, seed: int, folder: Path) -> tuple[Path, Path]:
+    """Write L2-normalised Gaussian embeddings (n, dim) float32 and uniform labels (n,) int64."""
+    rng = np.random.default_rng(seed)
+    embeddings = rng.standard_normal((n, dim), dtype=np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    labels = rng.integers(0, n_classes, size=n)
+    x_path, y_path = folder / f"x_{n}_{n_classes}.npy", folder / f"y_{n}_{n_classes}.npy"
+    np.save(x_path, embeddings)
+    np.save(y_path, labels)
+    return x_path, y_path
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(
+    library: str, x_path: str, y_path: str, metrics: list[str], max_memory_bytes: int
+) -> dict[str, Any]:
+    """Score one data set with one library; returns seconds, peak RSS and values by embedlab name."""
+    embeddings = np.load(x_path)
+    labels = np.load(y_path)
+    if library == "embedlab":
+        from embedlab.evaluation import evaluate_retrieval
+
+        baseline = peak_rss_mib()
+        start = time.perf_counter()
+        result = evaluate_retrieval(embeddings, labels, metrics=metrics, max_memory_bytes=max_memory_bytes)
+        seconds = time.perf_counter() - start
+        values = result.metrics
+    else:
+        import torch
+        from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+        calculator = AccuracyCalculator(
+            include=tuple(COMPARED[m] for m in metrics), k="max_bin_count", device=torch.device("cpu")
+        )
+        baseline = peak_rss_mib()
+        start = time.perf_counter()
+        accuracies = calculator.get_accuracy(embeddings, labels)
+        seconds = time.perf_counter() - start
+        values = {m: float(accuracies[COMPARED[m]]) for m in metrics}
+    return {"seconds": seconds, "rss_mib": peak_rss_mib(), "rss_before_mib": baseline, "values": values}
+
+
+def run_worker(
+    library: str, x_path: Path, y_path: Path, metrics: tuple[str, ...], max_memory_bytes: int
+) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        library,
+        "--x",
+        str(x_path),
+        "--y",
+        str(y_path),
+        "--metrics",
+        ",".join(metrics),
+        "--max-memory-gib",
+        str(max_memory_bytes / 2**30),
+    ]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def load() -> str:
+    """The 1-minute load average: the machine may be shared, which slows both libraries."""
+    return f"load average {os.getloadavg()[0]:.1f}"
+
+
+def compare(n: int, n_classes: int, dim: int, seed: int, folder: Path, max_memory_bytes: int) -> None:
+    x_path, y_path = make_data(n, n_classes, dim, seed, folder)
+    metrics = tuple(COMPARED)
+    print(f"N={n:,} D={dim} classes={n_classes:,} ({load()} at start)", flush=True)
+    ours = run_worker("embedlab", x_path, y_path, metrics, max_memory_bytes)
+    theirs = run_worker("accuracy_calculator", x_path, y_path, metrics, max_memory_bytes)
+    difference = max(abs(ours["values"][m] - theirs["values"][m]) for m in metrics)
+    for name, result in (("embedlab", ours), ("AccuracyCalculator", theirs)):
+        values = ", ".join(f"{m}={result['values'][m]:.10f}" for m in metrics)
+        print(
+            f"  {name:<19} {result['seconds']:9.2f} s   peak RSS {result['rss_mib']:8.0f} MiB "
+            f"(before the call {result['rss_before_mib']:.0f} MiB)   {values}"
+        )
+    print(
+        f"  speed-up {theirs['seconds'] / ours['seconds']:.1f}x   "
+        f"peak memory ratio embedlab/AccuracyCalculator {ours['rss_mib'] / theirs['rss_mib']:.3f}   "
+        f"max |difference| {difference:.2e}   values agree within 1e-6: {difference <= 1e-6}   ({load()})",
+        flush=True,
+    )
+
+
+def large(n: int, n_classes: int, dim: int, seed: int, folder: Path, max_memory_bytes: int) -> None:
+    x_path, y_path = make_data(n, n_classes, dim, seed, folder)
+    print(f"N={n:,} D={dim} classes={n_classes:,} embedlab only ({load()} at start)", flush=True)
+    ours = run_worker("embedlab", x_path, y_path, LARGE_METRICS, max_memory_bytes)
+    values = ", ".join(f"{m}={ours['values'][m]:.6f}" for m in LARGE_METRICS)
+    print(
+        f"  {ours['seconds']:.1f} s, peak RSS {ours['rss_mib']:.0f} MiB (before the call "
+        f"{ours['rss_before_mib']:.0f} MiB), {values} ({load()} at end)",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000])
+    parser.add_argument("--classes", type=int, nargs="+", default=[10, 1_000])
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--large", action="store_true", help="run 1,000,000 x D, 10,000 classes")
+    parser.add_argument(
+        "--max-memory-gib", type=float, default=1.0, help="embedlab's max_memory_bytes, in GiB (default 1)"
+    )
+    parser.add_argument("--worker", choices=["embedlab", "accuracy_calculator"], help=argparse.SUPPRESS)
+    parser.add_argument("--x", help=argparse.SUPPRESS)
+    parser.add_argument("--y", help=argparse.SUPPRESS)
+    parser.add_argument("--metrics", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    max_memory = int(args.max_memory_gib * 2**30)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.x, args.y, args.metrics.split(","), max_memory)))
+        return
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, numpy {np.__version__}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.large:
+            large(1_000_000, 10_000, args.dim, args.seed, Path(tmp), max_memory)
+            return
+        for n in args.sizes:
+            for n_classes in args.classes:
+                compare(n, n_classes, args.dim, args.seed, Path(tmp), max_memory)
+
+
+if __name__ == "__main__":
+    main()
