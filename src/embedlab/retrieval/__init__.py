@@ -9,6 +9,7 @@ from embedlab.retrieval.knn import (
     SearchMethod,
     SimilarityBlock,
     SimilarityMetric,
+    Workspace,
     approximate_recall,
     build_index,
     iter_neighbour_blocks,
@@ -18,7 +19,9 @@ from embedlab.retrieval.knn import (
     make_exclusions,
     prepare_embeddings,
     search,
+    sorted_top_values,
     top_k,
+    top_k_indices,
 )
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "SearchMethod",
     "SimilarityBlock",
     "SimilarityMetric",
+    "Workspace",
     "approximate_recall",
     "build_index",
     "iter_neighbour_blocks",
@@ -39,5 +43,7 @@ __all__ = [
     "make_exclusions",
     "prepare_embeddings",
     "search",
+    "sorted_top_values",
     "top_k",
+    "top_k_indices",
 ]

@@ -151,7 +151,11 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
 def check_inner_products_finite(queries: np.ndarray, gallery: np.ndarray) -> None:
     # Cauchy-Schwarz bounds every inner product, so one product of maxima rules out float32 overflow
     # (which would turn similarities into inf and break the ranking).
-    bound = float(np.linalg.norm(queries, axis=1).max()) * float(np.linalg.norm(gallery, axis=1).max())
+    def largest_norm(x: np.ndarray) -> float:
+        # Squared norms accumulated in float64, so huge rows report a huge bound instead of overflowing.
+        return math.sqrt(float(np.einsum("ij,ij->i", x, x, dtype=np.float64).max()))
+
+    bound = largest_norm(queries) * largest_norm(gallery)
     if not bound < _FLOAT32_MAX / 2:
         raise ValueError(
             "inner products of these embeddings can overflow float32 (max norm product "
