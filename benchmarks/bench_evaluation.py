@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -56,7 +57,7 @@ def peak_rss_mib() -> float:
 
 
 def worker(
-    library: str, x_path: str, y_path: str, metrics: list[str], max_memory_bytes: int
+    library: str, x_path: str, y_path: str, metrics: list[str], max_memory_bytes: int, verbose: bool
 ) -> dict[str, Any]:
     """Score one data set with one library; returns seconds, peak RSS and values by embedlab name."""
     embeddings = np.load(x_path)
@@ -64,6 +65,9 @@ def worker(
     if library == "embedlab":
         from embedlab.evaluation import evaluate_retrieval
 
+        # Block-by-block progress on stderr, which the parent passes through.
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="    %(asctime)s %(message)s")
+        logging.getLogger("embedlab.evaluation").setLevel(logging.DEBUG if verbose else logging.WARNING)
         baseline = peak_rss_mib()
         start = time.perf_counter()
         result = evaluate_retrieval(embeddings, labels, metrics=metrics, max_memory_bytes=max_memory_bytes)
@@ -85,7 +89,12 @@ def worker(
 
 
 def run_worker(
-    library: str, x_path: Path, y_path: Path, metrics: tuple[str, ...], max_memory_bytes: int
+    library: str,
+    x_path: Path,
+    y_path: Path,
+    metrics: tuple[str, ...],
+    max_memory_bytes: int,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     command = [
         sys.executable,
@@ -100,8 +109,9 @@ def run_worker(
         ",".join(metrics),
         "--max-memory-gib",
         str(max_memory_bytes / 2**30),
+        *(["--verbose"] if verbose else []),
     ]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -134,7 +144,7 @@ def compare(n: int, n_classes: int, dim: int, seed: int, folder: Path, max_memor
 def large(n: int, n_classes: int, dim: int, seed: int, folder: Path, max_memory_bytes: int) -> None:
     x_path, y_path = make_data(n, n_classes, dim, seed, folder)
     print(f"N={n:,} D={dim} classes={n_classes:,} embedlab only ({load()} at start)", flush=True)
-    ours = run_worker("embedlab", x_path, y_path, LARGE_METRICS, max_memory_bytes)
+    ours = run_worker("embedlab", x_path, y_path, LARGE_METRICS, max_memory_bytes, verbose=True)
     values = ", ".join(f"{m}={ours['values'][m]:.6f}" for m in LARGE_METRICS)
     print(
         f"  {ours['seconds']:.1f} s, peak RSS {ours['rss_mib']:.0f} MiB (before the call "
@@ -159,10 +169,13 @@ def main() -> None:
     parser.add_argument("--x", help=argparse.SUPPRESS)
     parser.add_argument("--y", help=argparse.SUPPRESS)
     parser.add_argument("--metrics", help=argparse.SUPPRESS)
+    parser.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     max_memory = int(args.max_memory_gib * 2**30)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.x, args.y, args.metrics.split(","), max_memory)))
+        print(
+            json.dumps(worker(args.worker, args.x, args.y, args.metrics.split(","), max_memory, args.verbose))
+        )
         return
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, numpy {np.__version__}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,9 @@ every positive is found by counting how many items rank above it, so no list of 
 from __future__ import annotations
 
 import difflib
+import logging
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,8 @@ from embedlab.retrieval.knn import (
     sorted_top_values,
     to_numpy,
 )
+
+LOGGER = logging.getLogger(__name__)
 
 Average = Literal["micro", "macro"]
 WithoutPositives = Literal["exclude", "zero"]
@@ -429,6 +433,7 @@ def _evaluate_prepared(
         for spec in options.specs:
             values[spec.name][start:stop] = spec.compute(ranks, n_positives[start:stop])
 
+    began = time.perf_counter()
     if options.method == "exact":
         workspace = Workspace()
         for block in iter_similarity_blocks(
@@ -450,6 +455,9 @@ def _evaluate_prepared(
                 workspace,
             )
             score(start, stop, ranks)
+            LOGGER.debug(
+                "ranked queries up to %d of %d (%.1f s)", stop, n_queries, time.perf_counter() - began
+            )
     else:
         if plan.needs_all or plan.needs_first:
             raise ValueError(
