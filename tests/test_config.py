@@ -90,3 +90,12 @@ def test_grid_combines_config_blocks_and_command_line_axes() -> None:
 def test_grid_key_is_checked() -> None:
     with pytest.raises(ConfigError, match="unknown key 'optimiser.lr'"):
         parse_grid_option("optimiser.lr=1,2")
+
+
+def test_docs_config_reference_is_the_generated_one() -> None:
+    from pathlib import Path
+
+    from embedlab.config import reference_markdown
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert path.read_text() == reference_markdown(), "regenerate docs/config.md from reference_markdown()"

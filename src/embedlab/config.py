@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import types
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -69,11 +71,15 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     backbone: str = Field("small_cnn", description="a timm model name or small_cnn")
+    backbone_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments of the backbone (timm's create_model, e.g. drop_path_rate)",
+    )
     pretrained: bool = Field(False, description="timm's pretrained weights (needs a reachable hub)")
     weights_path: str | None = Field(None, description="a local weights file for the backbone")
-    pooling: Literal["gem", "avg", "max"] = "gem"
+    pooling: Literal["gem", "avg", "max"] = Field("gem", description="global pooling of the feature map")
     gem_p: float = Field(3.0, gt=0.0, description="initial GeM exponent (learned)")
-    embedding_dim: int = Field(128, gt=0)
+    embedding_dim: int = Field(128, gt=0, description="size of the L2-normalised embedding")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the neck's linear layer")
 
 
@@ -109,15 +115,17 @@ class LossConfig(BaseModel):
 
 
 class OptimizerConfig(_Section):
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0.0)
+    name: Literal["adamw", "adam", "sgd"] = Field("adamw", description="SGD is Nesterov with momentum")
+    lr: float = Field(1e-3, gt=0.0, description="learning rate of the model (peak, after warm-up)")
     head_lr: float | None = Field(None, gt=0.0, description="learning rate of loss parameters; default lr")
     weight_decay: float = Field(1e-4, ge=0.0, description="on the model's weights, not norms or biases")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only")
 
 
 class SchedulerConfig(_Section):
-    name: Literal["cosine", "step", "constant"] = "cosine"
+    name: Literal["cosine", "step", "constant"] = Field(
+        "cosine", description="learning-rate schedule, per step"
+    )
     warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up, in (fractional) epochs")
     step_epochs: int = Field(1, gt=0, description="step: epochs between decays")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: decay factor")
@@ -126,11 +134,11 @@ class SchedulerConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: int = Field(1, gt=0)
-    batch_size: int = Field(64, gt=1)
-    seed: int = 0
-    eval_batch_size: int = Field(512, gt=0)
+    batch_size: int = Field(64, gt=1, description="training images per step")
+    seed: int = Field(0, description="seed of weights, batches and augmentation")
+    eval_batch_size: int = Field(512, gt=0, description="images per step when embedding")
     max_steps_per_epoch: int | None = Field(None, gt=0, description="cap steps per epoch (quick runs)")
-    precision: Literal["32-true", "bf16-mixed"] = "32-true"
+    precision: Literal["32-true", "bf16-mixed"] = Field("32-true", description="Lightning's precision")
     threads: int | None = Field(None, gt=0, description="torch threads; default: all cores")
     metrics: list[str] = Field(
         default_factory=lambda: [
@@ -150,7 +158,10 @@ class TrainConfig(_Section):
 class ExperimentConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
-    loss: LossConfig | list[LossConfig] = LossConfig(name="CircleLoss", m=0.4, gamma=80)
+    loss: LossConfig | list[LossConfig] = Field(
+        LossConfig(name="CircleLoss", m=0.4, gamma=80),
+        description="one loss block or a weighted list (below)",
+    )
     miner: MinerConfig | None = Field(None, description="the miner for every loss without its own")
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -344,3 +355,71 @@ def expand_grid(
             set_dotted(variant, key, copy.deepcopy(value))
             parts.append(f"{key}={_value_label(value)}")
         yield " ".join(parts), variant
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reference of every key, generated from the schema (docs/config.md is this text)
+
+
+def _type_name(annotation: Any) -> str:
+    """A short, table-safe name of a field's type: `int or None`, `'cosine', 'step' or 'constant'`."""
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in arguments)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in arguments)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in arguments)}]"
+    if annotation is type(None):
+        return "None"
+    if annotation is Any:
+        return "any"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def reference_markdown() -> str:
+    """Markdown tables of every config key: its type, default and meaning."""
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from `embedlab.config` (a test keeps this file equal to `reference_markdown()`).",
+        "Every key is addressed by its dotted name in YAML, `--set KEY=VALUE` and `--grid KEY=V1,V2`.",
+    ]
+
+    def section(model: type[BaseModel], prefix: str) -> None:
+        rows = []
+        nested = []
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            candidates = [annotation, *getattr(annotation, "__args__", ())]
+            inner = [c for c in candidates if isinstance(c, type) and issubclass(c, _Section)]
+            if inner and inner[0] is annotation:
+                nested.append((inner[0], f"{prefix}{name}"))
+                continue
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                default = default.model_dump(exclude_defaults=False)
+            rows.append(
+                f"| `{prefix}{name}` | {_type_name(annotation)} | `{default!r}` | {field.description or ''} |"
+            )
+        if rows:
+            lines.extend(["", f"## {prefix.rstrip('.') or 'top level'}", ""])
+            lines.extend(["| key | type | default | meaning |", "|---|---|---|---|", *rows])
+        for inner_model, name in nested:
+            section(inner_model, f"{name}.")
+
+    section(ExperimentConfig, "")
+    lines += [
+        "",
+        "## loss and miner blocks",
+        "",
+        "`loss` is one block or a list of blocks. A block is `{name: CLASS, <keyword arguments of CLASS>}`",
+        "with pytorch-metric-learning's class names and argument names (`{name: CircleLoss, m: 0.4, gamma: 80}`)",
+        "or embedlab's own heads (docs/losses.md). Three keys are embedlab's: `weight` (the block's factor in a",
+        "sum of losses), `lr` (the learning rate of the block's own parameters, such as class centres) and",
+        "`miner` (a block `{name: MINER, ...}` that feeds this loss). `num_classes`, `embedding_size` and",
+        "`class_counts` are filled in from the data and the model. The top-level `miner` feeds every loss",
+        "without a miner of its own. An argument the class does not take is an error that names it.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -35,3 +35,12 @@ def test_unknown_backbone_suggests_a_name() -> None:
 def test_small_cnn_has_no_pretrained_weights() -> None:
     with pytest.raises(ValueError, match="no pretrained weights"):
         create_backbone("small_cnn", in_chans=1, pretrained=True)
+
+
+def test_backbone_arguments_reach_the_model_and_unknown_ones_are_named() -> None:
+    backbone = create_backbone("small_cnn", in_chans=1, kwargs={"widths": (8, 16)})
+    assert backbone.num_features == 16
+    with pytest.raises(TypeError, match="does not take 'width'"):
+        create_backbone("small_cnn", in_chans=1, kwargs={"width": 8})
+    with pytest.raises(TypeError, match="backbone_args"):
+        create_backbone("resnet18", in_chans=3, kwargs={"no_such_argument": 1})

@@ -8,8 +8,9 @@ necks never need to know the family.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -17,9 +18,9 @@ from torch import nn
 
 from embedlab.models.small_cnn import SmallCNN
 from embedlab.models.weights import load_local_weights
-from embedlab.registry import close_matches_hint
+from embedlab.registry import check_arguments, close_matches_hint
 
-LOCAL_BACKBONES: dict[str, Callable[[int], nn.Module]] = {"small_cnn": lambda in_chans: SmallCNN(in_chans)}
+LOCAL_BACKBONES: dict[str, Callable[..., nn.Module]] = {"small_cnn": SmallCNN}
 
 
 class Backbone(nn.Module):
@@ -50,13 +51,23 @@ class Backbone(nn.Module):
 
 
 def create_backbone(
-    name: str, in_chans: int, pretrained: bool = False, weights_path: str | Path | None = None
+    name: str,
+    in_chans: int,
+    pretrained: bool = False,
+    weights_path: str | Path | None = None,
+    kwargs: Mapping[str, Any] | None = None,
 ) -> Backbone:
-    """Build backbone `name` for `in_chans` input channels, with timm or local weights when asked."""
+    """Build backbone `name` for `in_chans` input channels, with timm or local weights when asked.
+
+    `kwargs` go to the model's constructor (timm's create_model for timm names); an argument the
+    model does not take is an error.
+    """
+    kwargs = dict(kwargs or {})
     if name in LOCAL_BACKBONES:
         if pretrained:
             raise ValueError(f"backbone {name!r} has no pretrained weights; set model.pretrained: false")
-        model = LOCAL_BACKBONES[name](in_chans)
+        check_arguments(LOCAL_BACKBONES[name], kwargs, f"backbone {name!r}")
+        model = LOCAL_BACKBONES[name](in_chans=in_chans, **kwargs)
         normalisation = None
     else:
         if not timm.is_model(name):
@@ -65,7 +76,12 @@ def create_backbone(
                 f"unknown backbone {name!r}.{close_matches_hint(name, valid)} "
                 "Use a timm model name (timm.list_models()) or one of: " + ", ".join(LOCAL_BACKBONES)
             )
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans)
+        try:
+            model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kwargs)
+        except TypeError as error:
+            raise TypeError(
+                f"backbone {name!r} does not take model.backbone_args {kwargs}: {error}"
+            ) from None
         config = getattr(model, "pretrained_cfg", {}) or {}
         mean, std = config.get("mean"), config.get("std")
         normalisation = (tuple(mean), tuple(std)) if mean and std else None

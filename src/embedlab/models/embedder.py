@@ -52,7 +52,7 @@ def _normalisation(backbone: Backbone, channels: int) -> tuple[list[float], list
 
 def build_embedder(cfg: ModelConfig, channels: int, image_size: int) -> Embedder:
     """Assemble the embedder the model config describes, for images of `channels` x `image_size`^2."""
-    backbone = create_backbone(cfg.backbone, channels, cfg.pretrained, cfg.weights_path)
+    backbone = create_backbone(cfg.backbone, channels, cfg.pretrained, cfg.weights_path, cfg.backbone_args)
     mean, std = _normalisation(backbone, channels)
     pooling = POOLING.build("gem", p=cfg.gem_p) if cfg.pooling == "gem" else POOLING.build(cfg.pooling)
     neck = LinearBatchNormNeck(backbone.num_features, cfg.embedding_dim, cfg.dropout)
