@@ -1,0 +1,39 @@
+"""The configs shipped in configs/ validate and run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from embedlab.config import expand_grid, load_config, parse_config
+from embedlab.training.fit import fit
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_and_grid_combination_validates(path: Path) -> None:
+    _, raw = load_config(path)
+    for label, variant in expand_grid(raw):
+        parse_config(variant, label)
+
+
+def test_image_folder_example_trains_on_a_folder(tmp_path: Path, image_folder: Path) -> None:
+    cfg, _ = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "image_folder.yaml",
+        [
+            f"data.dataset={image_folder}",
+            "data.image_size=32",
+            "data.num_workers=0",
+            "data.m_per_class=2",
+            "model.pretrained=false",
+            "model.embedding_dim=16",
+            "train.epochs=1",
+            "train.batch_size=4",
+            "data.validation.fraction=0.25",
+        ],
+    )
+    result = fit(cfg, tmp_path / "run", progress=False)
+    assert result.summary["num_classes"] == 3
+    assert 0.0 <= result.metrics["map_at_r"] <= 1.0
