@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,10 +39,14 @@ def check_labels(labels: torch.Tensor, what: str) -> torch.Tensor:
 
 @dataclass
 class LabelledImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """The common part of every collection: labels, optional ignore groups, optional class names."""
+    """The common part of every collection: labels, optional class names, and optional per-item
+    annotations: ignore groups (items hidden from each other when scored) and the query and gallery
+    roles of a CSV's `is_query` / `is_gallery` columns."""
 
     labels: torch.Tensor
     groups: torch.Tensor | None = None
+    is_query: torch.Tensor | None = None
+    is_gallery: torch.Tensor | None = None
     class_names: list[str] | None = None
     name: str = "images"
 
@@ -59,6 +64,19 @@ class LabelledImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def subset(self, indices: torch.Tensor, labels: torch.Tensor | None = None) -> LabelledImages:
         """The items at `indices` (optionally relabelled), as a collection of the same kind."""
         raise NotImplementedError
+
+    def _common_subset(self, indices: torch.Tensor, labels: torch.Tensor | None) -> dict[str, Any]:
+        def take(values: torch.Tensor | None) -> torch.Tensor | None:
+            return None if values is None else values[indices]
+
+        return {
+            "labels": self.labels[indices] if labels is None else labels,
+            "groups": take(self.groups),
+            "is_query": take(self.is_query),
+            "is_gallery": take(self.is_gallery),
+            "class_names": self.class_names,
+            "name": self.name,
+        }
 
 
 @dataclass
@@ -90,13 +108,7 @@ class InMemoryImages(LabelledImages):
         return int(self.images.shape[-1])
 
     def subset(self, indices: torch.Tensor, labels: torch.Tensor | None = None) -> InMemoryImages:
-        return InMemoryImages(
-            labels=self.labels[indices] if labels is None else labels,
-            groups=None if self.groups is None else self.groups[indices],
-            class_names=self.class_names,
-            name=self.name,
-            images=self.images[indices],
-        )
+        return InMemoryImages(**self._common_subset(indices, labels), images=self.images[indices])
 
 
 def read_image(path: Path, image_size: int, channels: int) -> torch.Tensor:
@@ -146,10 +158,7 @@ class ImageFiles(LabelledImages):
     def subset(self, indices: torch.Tensor, labels: torch.Tensor | None = None) -> ImageFiles:
         chosen = indices.tolist()
         return ImageFiles(
-            labels=self.labels[indices] if labels is None else labels,
-            groups=None if self.groups is None else self.groups[indices],
-            class_names=self.class_names,
-            name=self.name,
+            **self._common_subset(indices, labels),
             paths=[self.paths[i] for i in chosen],
             size=self.size,
             num_channels=self.num_channels,

@@ -22,12 +22,10 @@ SPLIT_NAMES = {"train": "train", "validation": "validation", "val": "validation"
 
 @dataclass
 class FileSource:
-    """All files of a source, with the CSV's split and role columns when it has them."""
+    """All files of a source, with the CSV's split column when it has one."""
 
     images: ImageFiles
     split: list[str] | None = None
-    is_query: torch.Tensor | None = None
-    is_gallery: torch.Tensor | None = None
 
 
 def _encode(values: list[str]) -> tuple[torch.Tensor, list[str]]:
@@ -120,6 +118,8 @@ def read_csv(path: Path, image_size: int, channels: int, root: Path | None = Non
     images = ImageFiles(
         labels=labels,
         groups=groups,
+        is_query=roles["is_query"],
+        is_gallery=roles["is_gallery"],
         class_names=class_names,
         name=str(path),
         paths=paths,
@@ -127,4 +127,4 @@ def read_csv(path: Path, image_size: int, channels: int, root: Path | None = Non
         num_channels=channels,
         extra=extra,
     )
-    return FileSource(images=images, split=split, is_query=roles["is_query"], is_gallery=roles["is_gallery"])
+    return FileSource(images=images, split=split)

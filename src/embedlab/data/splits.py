@@ -171,14 +171,19 @@ def _name(names: list[str] | None, code: int) -> str | int:
 
 def _concat_files(first: LabelledImages, second: LabelledImages) -> LabelledImages:
     assert isinstance(first, ImageFiles) and isinstance(second, ImageFiles)
+
+    def join(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+        return None if a is None or b is None else torch.cat([a, b])
+
     return ImageFiles(
         labels=torch.cat([first.labels, second.labels]),
-        groups=None
-        if first.groups is None or second.groups is None
-        else torch.cat([first.groups, second.groups]),
+        groups=join(first.groups, second.groups),
+        is_query=join(first.is_query, second.is_query),
+        is_gallery=join(first.is_gallery, second.is_gallery),
         class_names=first.class_names,
         name=first.name,
         paths=first.paths + second.paths,
         size=first.size,
         num_channels=first.num_channels,
+        extra=None if first.extra is None or second.extra is None else first.extra + second.extra,
     )

@@ -16,8 +16,8 @@ import numpy as np
 from typing_extensions import override
 
 from embedlab.data.images import LabelledImages
-from embedlab.evaluation import evaluate_retrieval
 from embedlab.models.inference import embed
+from embedlab.training.evaluate import score_validation
 
 
 class RetrievalValidation(L.Callback):
@@ -65,16 +65,8 @@ class RetrievalValidation(L.Callback):
         gallery_embeddings = (
             None if self.gallery is None else embed(embedder, self.gallery, self.batch_size, self.num_workers)
         )
-        result = evaluate_retrieval(
-            query_embeddings,
-            self.query.labels.numpy(),
-            gallery_embeddings,
-            None if self.gallery is None else self.gallery.labels.numpy(),
-            metrics=self.metrics,
-            query_groups=None if self.query.groups is None else self.query.groups.numpy(),
-            gallery_groups=(
-                None if self.gallery is None or self.gallery.groups is None else self.gallery.groups.numpy()
-            ),
+        result = score_validation(
+            query_embeddings, gallery_embeddings, self.query, self.gallery, self.metrics
         )
         eval_seconds = time.perf_counter() - started
         for name, value in result.metrics.items():
