@@ -12,7 +12,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: demo test lint setup fashion-mnist clean
+.PHONY: demo test lint setup fashion-mnist browser clean
 
 setup: $(STAMP)
 
@@ -33,10 +33,23 @@ fashion-mnist:
 		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' or set EMBEDLAB_FASHION_MNIST_DIR"; \
 	fi
 
+# Debian's Chromium drives the browser tests of the search page and the report (Playwright launches it
+# by path; nothing downloads a browser build).
+browser:
+	@if command -v chromium >/dev/null; then \
+		true; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null)) && \
+		echo "installed Debian's chromium"; \
+	else \
+		echo "Chromium is missing: run 'sudo apt-get install chromium' for the browser tests"; \
+	fi
+
 demo: setup fashion-mnist
 	$(BIN)/embedlab demo --out demo-output
 
-test: setup fashion-mnist
+test: setup fashion-mnist browser
 	$(BIN)/python -m pytest -q
 
 lint: setup
