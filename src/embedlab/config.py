@@ -137,6 +137,7 @@ class TrainConfig(_Section):
     batch_size: int = Field(64, gt=1, description="training images per step")
     seed: int = Field(0, description="seed of weights, batches and augmentation")
     eval_batch_size: int = Field(512, gt=0, description="images per step when embedding")
+    eval_every_n_epochs: int = Field(1, gt=0, description="validation every n epochs, and after the last")
     max_steps_per_epoch: int | None = Field(None, gt=0, description="cap steps per epoch (quick runs)")
     precision: Literal["32-true", "bf16-mixed"] = Field("32-true", description="Lightning's precision")
     threads: int | None = Field(None, gt=0, description="torch threads; default: all cores")

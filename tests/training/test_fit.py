@@ -89,3 +89,16 @@ def test_unknown_loss_argument_fails_before_training(tmp_path) -> None:
     cfg, _ = load_config(None, [*DIGITS, "loss={name: CircleLoss, gama: 80}"])
     with pytest.raises(TypeError, match="does not take 'gama'.*Did you mean 'gamma'"):
         fit(cfg, tmp_path / "run", progress=False)
+
+
+def test_validation_every_n_epochs_and_always_after_the_last(tmp_path) -> None:
+    cfg, _ = load_config(
+        None, [*DIGITS, "train.epochs=3", "train.max_steps_per_epoch=3", "train.eval_every_n_epochs=2"]
+    )
+    result = fit(cfg, tmp_path / "run", progress=False)
+    with (tmp_path / "run" / "metrics.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert [r["precision_at_1"] != "" for r in rows] == [False, True, True]
+    assert float(rows[0]["train_seconds"]) > 0
+    assert result.summary["best_epoch"] in (1, 2)
+    assert result.metrics["precision_at_1"] == pytest.approx(float(rows[2]["precision_at_1"]))

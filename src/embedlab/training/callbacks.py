@@ -16,6 +16,7 @@ import numpy as np
 from typing_extensions import override
 
 from embedlab.data.images import LabelledImages
+from embedlab.evaluation import RetrievalResult
 from embedlab.models.inference import embed
 from embedlab.training.evaluate import score_validation
 
@@ -31,6 +32,7 @@ class RetrievalValidation(L.Callback):
         batch_size: int,
         history_path: Path,
         num_workers: int = 0,
+        every_n_epochs: int = 1,
     ) -> None:
         self.query = query
         self.gallery = gallery
@@ -38,6 +40,7 @@ class RetrievalValidation(L.Callback):
         self.batch_size = batch_size
         self.history_path = history_path
         self.num_workers = num_workers
+        self.every_n_epochs = every_n_epochs
         self.train_seconds = 0.0
         self.train_images = 0
         self._epoch_start = 0.0
@@ -59,34 +62,45 @@ class RetrievalValidation(L.Callback):
         epoch_seconds = time.perf_counter() - self._epoch_start
         self.train_seconds += epoch_seconds
         self.train_images += self._epoch_images
-        started = time.perf_counter()
-        embedder = pl_module.embedder  # type: ignore[attr-defined]
-        query_embeddings = embed(embedder, self.query, self.batch_size, self.num_workers)
-        gallery_embeddings = (
-            None if self.gallery is None else embed(embedder, self.gallery, self.batch_size, self.num_workers)
+        epoch = trainer.current_epoch
+        due = (epoch + 1) % self.every_n_epochs == 0 or epoch + 1 == trainer.max_epochs
+        scores: dict[str, Any] = dict.fromkeys(
+            [*self.metrics, "n_queries", "n_queries_without_positives"], ""
         )
-        result = score_validation(
-            query_embeddings, gallery_embeddings, self.query, self.gallery, self.metrics
-        )
-        eval_seconds = time.perf_counter() - started
-        for name, value in result.metrics.items():
-            pl_module.log(
-                f"val/{name}", value, on_epoch=True, prog_bar=name in ("precision_at_1", "map_at_r")
-            )
+        eval_seconds = 0.0
+        if due:
+            started = time.perf_counter()
+            result = self._score(pl_module)
+            eval_seconds = time.perf_counter() - started
+            for name, value in result.metrics.items():
+                pl_module.log(
+                    f"val/{name}", value, on_epoch=True, prog_bar=name in ("precision_at_1", "map_at_r")
+                )
+            scores = {
+                **result.metrics,
+                "n_queries": result.n_queries,
+                "n_queries_without_positives": result.n_queries_without_positives,
+            }
         train_loss = trainer.callback_metrics.get("train_loss")
         row: dict[str, Any] = {
-            "epoch": trainer.current_epoch,
+            "epoch": epoch,
             "step": trainer.global_step,
             "train_loss": float(train_loss) if train_loss is not None else float("nan"),
-            **result.metrics,
-            "n_queries": result.n_queries,
-            "n_queries_without_positives": result.n_queries_without_positives,
+            **scores,
             "train_seconds": round(self.train_seconds, 3),
             "epoch_train_seconds": round(epoch_seconds, 3),
             "images_per_second": round(self._epoch_images / max(epoch_seconds, 1e-9), 1),
             "eval_seconds": round(eval_seconds, 3),
         }
         append_history(self.history_path, row)
+
+    def _score(self, pl_module: L.LightningModule) -> RetrievalResult:
+        embedder = pl_module.embedder  # type: ignore[attr-defined]
+        query = embed(embedder, self.query, self.batch_size, self.num_workers)
+        gallery = (
+            None if self.gallery is None else embed(embedder, self.gallery, self.batch_size, self.num_workers)
+        )
+        return score_validation(query, gallery, self.query, self.gallery, self.metrics)
 
     @override
     def state_dict(self) -> dict[str, Any]:

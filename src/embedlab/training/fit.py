@@ -126,7 +126,13 @@ def fit(
         data.train, cfg.train.batch_size, cfg.train.seed, cfg.data.m_per_class, cfg.data.num_workers
     )
     validation = RetrievalValidation(
-        data.query, data.gallery, cfg.train.metrics, cfg.train.eval_batch_size, history, cfg.data.num_workers
+        data.query,
+        data.gallery,
+        cfg.train.metrics,
+        cfg.train.eval_batch_size,
+        history,
+        cfg.data.num_workers,
+        cfg.train.eval_every_n_epochs,
     )
     checkpoints = ModelCheckpoint(
         dirpath=out_dir / CHECKPOINT_DIR,
@@ -155,7 +161,8 @@ def fit(
 
     rows = read_history(history)
     last = rows[-1] if rows else {}
-    best_row = max(rows, key=lambda r: float(r[cfg.train.monitor])) if rows else {}
+    scored = [r for r in rows if r[cfg.train.monitor] != ""]
+    best_row = max(scored, key=lambda r: float(r[cfg.train.monitor])) if scored else {}
     summary = {
         "metrics": {name: float(last[name]) for name in cfg.train.metrics if name in last},
         "best_epoch": int(best_row["epoch"]) if best_row else None,
