@@ -36,6 +36,7 @@ from embedlab.retrieval.knn import (
     SIMILARITY_METRICS,
     ApproximateRecall,
     Exclusions,
+    IndexOptions,
     SearchMethod,
     SimilarityMetric,
     Workspace,
@@ -378,13 +379,15 @@ def _count_ranks(
         # needs the index tie rule: add the equal items with a lower gallery index.
         tied = (right >= 2) & (row_top[np.maximum(right - 2, 0)] == sorted_values)
         tied |= sorted_values == row_top[0]
-        if tied.any():
-            tied_values = np.unique(sorted_values[tied])
+        row = similarities[lo + local[i]]
+        tied_values = np.unique(sorted_values[tied])
+        if tied_values.size:
+            # The smallest top entry is usually the row's only item with that similarity: no real tie.
+            tied_values = tied_values[[np.count_nonzero(row == v) > 1 for v in tied_values]]
+        if tied_values.size:
             pick = np.isin(values[segment], tied_values)
             picked_values = values[segment][pick]
-            offsets = _earlier_equal_counts(
-                similarities[lo + local[i]], picked_values, members[segment][pick]
-            )
+            offsets = _earlier_equal_counts(row, picked_values, members[segment][pick])
             # Equal values share a base rank, so offsets sorted by (value, offset) can be added in the
             # order the sorted values list them.
             row_ranks[np.isin(sorted_values, tied_values)] += offsets[np.lexsort((offsets, picked_values))]
@@ -410,6 +413,7 @@ class _Options:
     max_memory_bytes: int
     method: SearchMethod
     num_threads: int
+    index_options: IndexOptions | None
 
 
 def _evaluate_prepared(
@@ -468,7 +472,7 @@ def _evaluate_prepared(
             stop = min(start + 65536, n_queries)
             n_positives[start:stop] = _positive_counts(codes, labels, exclusions, start, stop)
         depth = min(plan.depth(n_positives), gallery.shape[0])
-        index = build_index(gallery, options.method)
+        index = build_index(gallery, options.method, options=options.index_options)
         for nblock in iter_neighbour_blocks(
             queries,
             gallery,
@@ -476,6 +480,7 @@ def _evaluate_prepared(
             exclusions,
             method=options.method,
             max_memory_bytes=options.max_memory_bytes,
+            index_options=options.index_options,
             index=index,
         ):
             score(
@@ -494,6 +499,7 @@ def _evaluate_prepared(
             depth,
             sampled_exclusions(exclusions, sample),
             method=options.method,
+            index_options=options.index_options,
             index=index,
             max_memory_bytes=options.max_memory_bytes,
         )
@@ -548,6 +554,7 @@ def _options(
     max_memory_bytes: int,
     method: str,
     num_threads: int | None,
+    index_options: IndexOptions | None,
 ) -> _Options:
     check_choice(average, AVERAGES, "average")
     check_choice(without_positives, WITHOUT_POSITIVES, "without_positives")
@@ -562,6 +569,7 @@ def _options(
         max_memory_bytes=max_memory_bytes,
         method=method,  # type: ignore[arg-type]
         num_threads=num_threads or default_num_threads(),
+        index_options=index_options,
     )
 
 
@@ -644,6 +652,7 @@ def evaluate_retrieval(
     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
     method: SearchMethod = "exact",
     num_threads: int | None = None,
+    index_options: IndexOptions | None = None,
 ) -> RetrievalResult:
     """Score retrieval of `query_embeddings` in a gallery with the metrics of METRICS.md.
 
@@ -659,12 +668,15 @@ def evaluate_retrieval(
     their number is reported. per_class: also return per-label means. similarity: "cosine" (rows
     L2-normalised) or "inner_product". max_memory_bytes: cap on the working memory of a block of
     queries (inputs not counted). method: "exact", or faiss "hnsw" / "ivf" (then the result carries the
-    index's recall against exact search on a sample of 1,000 queries; 'map' and 'mrr' need "exact").
+    index's recall against exact search on a sample of 1,000 queries; 'map' and 'mrr' need "exact");
+    index_options: their parameters (nlist, nprobe, M, ef). num_threads: threads of the ranking step.
 
     Raises ValueError for labels that are not 1-D integers, mismatched lengths or dimensions, NaN or
     infinite embeddings, an empty query set or gallery, and unknown metric names.
     """
-    options = _options(metrics, average, without_positives, per_class, max_memory_bytes, method, num_threads)
+    options = _options(
+        metrics, average, without_positives, per_class, max_memory_bytes, method, num_threads, index_options
+    )
     inputs = _validate(
         query_embeddings,
         query_labels,
@@ -753,6 +765,7 @@ def evaluate_scenarios(
     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
     method: SearchMethod = "exact",
     num_threads: int | None = None,
+    index_options: IndexOptions | None = None,
 ) -> dict[str, RetrievalResult]:
     """Score named scenarios, each a subset of the queries searched in a subset of the gallery.
 
@@ -764,7 +777,9 @@ def evaluate_scenarios(
     """
     if not scenarios:
         raise ValueError("scenarios is empty; give at least one name -> (query mask, gallery mask).")
-    options = _options(metrics, average, without_positives, per_class, max_memory_bytes, method, num_threads)
+    options = _options(
+        metrics, average, without_positives, per_class, max_memory_bytes, method, num_threads, index_options
+    )
     inputs = _validate(
         query_embeddings,
         query_labels,
