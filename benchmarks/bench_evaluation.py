@@ -7,7 +7,11 @@ evaluation call, peak RSS, their ratios, and the largest absolute difference bet
 
 AccuracyCalculator runs as its users run it for MAP@R: k="max_bin_count", its default faiss kNN (squared
 L2, which ranks L2-normalised vectors like cosine). Compared metrics: precision_at_1, r_precision,
-map_at_r (its mean_average_precision_at_r). The large case scores embedlab alone.
+map_at_r (its mean_average_precision_at_r).
+
+The large case (1,000,000 x 128, 10,000 classes) scores embedlab alone: exact search for the first
+--large-exact-queries queries against all 1,000,000 items (the whole exact run is about 2.6e14 flops,
+hours on two cores), then faiss IVF for all 1,000,000 queries with its recall against exact search.
 
 Usage:
     python benchmarks/bench_evaluation.py                  # 10k and 50k, 10 and 1,000 classes
@@ -37,6 +41,8 @@ COMPARED = {
     "map_at_r": "mean_average_precision_at_r",
 }
 LARGE_METRICS = ("precision_at_1", "recall_at_10", "map_at_100")
+IVF_NLIST = 1024
+IVF_NPROBE = 16
 
 
 def make_data(n: int, n_classes: int, dim: int, seed: int, folder: Path) -> tuple[Path, Path]:
@@ -57,22 +63,45 @@ def peak_rss_mib() -> float:
 
 
 def worker(
-    library: str, x_path: str, y_path: str, metrics: list[str], max_memory_bytes: int, verbose: bool
+    library: str,
+    x_path: str,
+    y_path: str,
+    metrics: list[str],
+    max_memory_bytes: int,
+    verbose: bool,
+    n_queries: int,
+    method: str,
 ) -> dict[str, Any]:
-    """Score one data set with one library; returns seconds, peak RSS and values by embedlab name."""
+    """Score one data set with one library; returns seconds, peak RSS and values by embedlab name.
+
+    n_queries > 0 (embedlab only): the first n_queries rows are the queries, searched in the whole set
+    with their own rows excluded. method "ivf" (embedlab only) adds the index's measured recall.
+    """
     embeddings = np.load(x_path)
     labels = np.load(y_path)
     if library == "embedlab":
-        from embedlab.evaluation import evaluate_retrieval
+        from embedlab.evaluation import evaluate_scenarios
+        from embedlab.retrieval import IndexOptions
 
         # Block-by-block progress on stderr, which the parent passes through.
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="    %(asctime)s %(message)s")
         logging.getLogger("embedlab.evaluation").setLevel(logging.DEBUG if verbose else logging.WARNING)
         baseline = peak_rss_mib()
+        queries = np.arange(n_queries if n_queries > 0 else labels.size)
         start = time.perf_counter()
-        result = evaluate_retrieval(embeddings, labels, metrics=metrics, max_memory_bytes=max_memory_bytes)
+        result = evaluate_scenarios(
+            embeddings,
+            labels,
+            scenarios={"queries": (queries, np.ones(labels.size, dtype=bool))},
+            metrics=metrics,
+            max_memory_bytes=max_memory_bytes,
+            method=method,  # type: ignore[arg-type]
+            index_options=IndexOptions(ivf_nlist=IVF_NLIST, ivf_nprobe=IVF_NPROBE),
+        )["queries"]
         seconds = time.perf_counter() - start
         values = result.metrics
+        if result.search_recall is not None:
+            values = {**values, f"ivf_recall_at_{result.search_recall.k}": result.search_recall.recall}
     else:
         import torch
         from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
@@ -95,6 +124,8 @@ def run_worker(
     metrics: tuple[str, ...],
     max_memory_bytes: int,
     verbose: bool = False,
+    n_queries: int = 0,
+    method: str = "exact",
 ) -> dict[str, Any]:
     command = [
         sys.executable,
@@ -109,6 +140,10 @@ def run_worker(
         ",".join(metrics),
         "--max-memory-gib",
         str(max_memory_bytes / 2**30),
+        "--queries",
+        str(n_queries),
+        "--method",
+        method,
         *(["--verbose"] if verbose else []),
     ]
     output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
@@ -141,16 +176,28 @@ def compare(n: int, n_classes: int, dim: int, seed: int, folder: Path, max_memor
     )
 
 
-def large(n: int, n_classes: int, dim: int, seed: int, folder: Path, max_memory_bytes: int) -> None:
+def large(
+    n: int, n_classes: int, dim: int, seed: int, folder: Path, max_memory_bytes: int, exact_queries: int
+) -> None:
+    """Exact search for the first `exact_queries` queries against all n items, then IVF for all n."""
     x_path, y_path = make_data(n, n_classes, dim, seed, folder)
-    print(f"N={n:,} D={dim} classes={n_classes:,} embedlab only ({load()} at start)", flush=True)
-    ours = run_worker("embedlab", x_path, y_path, LARGE_METRICS, max_memory_bytes, verbose=True)
-    values = ", ".join(f"{m}={ours['values'][m]:.6f}" for m in LARGE_METRICS)
-    print(
-        f"  {ours['seconds']:.1f} s, peak RSS {ours['rss_mib']:.0f} MiB (before the call "
-        f"{ours['rss_before_mib']:.0f} MiB), {values} ({load()} at end)",
-        flush=True,
+    runs = (
+        (f"exact, the first {exact_queries:,} queries against all {n:,}", exact_queries, "exact"),
+        (f"ivf (nlist={IVF_NLIST}, nprobe={IVF_NPROBE}), all {n:,} queries", 0, "ivf"),
     )
+    for title, n_queries, method in runs:
+        print(f"N={n:,} D={dim} classes={n_classes:,}, embedlab {title} ({load()} at start)", flush=True)
+        ours = run_worker(
+            "embedlab", x_path, y_path, LARGE_METRICS, max_memory_bytes, True, n_queries, method
+        )
+        values = ", ".join(f"{m}={v:.6f}" for m, v in ours["values"].items())
+        print(
+            f"  {ours['seconds']:.1f} s, peak RSS {ours['rss_mib']:.0f} MiB (before the call "
+            f"{ours['rss_before_mib']:.0f} MiB), {values} ({load()} at end)",
+            flush=True,
+        )
+        if n_queries:
+            print(f"  exact, all {n:,} queries at this rate: {ours['seconds'] * n / n_queries / 3600:.1f} h")
 
 
 def main() -> None:
@@ -170,17 +217,33 @@ def main() -> None:
     parser.add_argument("--y", help=argparse.SUPPRESS)
     parser.add_argument("--metrics", help=argparse.SUPPRESS)
     parser.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--large-exact-queries", type=int, default=20_000, help="queries searched exactly in the large run"
+    )
+    parser.add_argument("--queries", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--method", default="exact", help=argparse.SUPPRESS)
     args = parser.parse_args()
     max_memory = int(args.max_memory_gib * 2**30)
     if args.worker:
         print(
-            json.dumps(worker(args.worker, args.x, args.y, args.metrics.split(","), max_memory, args.verbose))
+            json.dumps(
+                worker(
+                    args.worker,
+                    args.x,
+                    args.y,
+                    args.metrics.split(","),
+                    max_memory,
+                    args.verbose,
+                    args.queries,
+                    args.method,
+                )
+            )
         )
         return
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, numpy {np.__version__}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         if args.large:
-            large(1_000_000, 10_000, args.dim, args.seed, Path(tmp), max_memory)
+            large(1_000_000, 10_000, args.dim, args.seed, Path(tmp), max_memory, args.large_exact_queries)
             return
         for n in args.sizes:
             for n_classes in args.classes:
