@@ -488,6 +488,9 @@ def _evaluate_prepared(
                 nblock.stop,
                 _relevance_ranks(nblock.indices, codes[nblock.start : nblock.stop], labels),
             )
+            LOGGER.debug(
+                "ranked queries up to %d of %d (%.1f s)", nblock.stop, n_queries, time.perf_counter() - began
+            )
         sample = np.sort(
             np.random.default_rng(0).choice(
                 n_queries, size=min(_RECALL_SAMPLE_SIZE, n_queries), replace=False

@@ -206,6 +206,15 @@ class Exclusions:
         largest_group = int(np.diff(self.group_offsets).max()) if self.group_offsets is not None else 0
         return largest_group + (1 if self.self_index is not None else 0)
 
+    def gallery_group_codes(self) -> np.ndarray:
+        """(Ng,) int64: the group code of every gallery item (a query's code matches its own group)."""
+        assert self.group_offsets is not None and self.group_members is not None
+        codes = np.empty(self.group_members.size, dtype=np.int64)
+        codes[self.group_members] = np.repeat(
+            np.arange(self.group_offsets.size - 1), np.diff(self.group_offsets)
+        )
+        return codes
+
     def pairs(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """(row offsets within the block, gallery indices) of every exclusion of queries[start:stop]."""
         rows_parts: list[np.ndarray] = []
@@ -596,16 +605,14 @@ def _filter_and_rank(
     """Drop excluded and missing (-1) candidates from over-fetched rows, re-rank by the tie rule, cut to k."""
     n = sims.shape[0]
     drop = idx < 0
-    rows, cols = exclusions.pairs(start, start + n)
-    if rows.size:
-        # An exclusion (row, col) drops every candidate of that row whose index is col.
-        width = idx.shape[1]
-        row_of = np.repeat(np.arange(n), width)
-        candidate = row_of.astype(np.int64) * (1 << 32) + np.where(drop, 0, idx).ravel()
-        excluded = np.isin(candidate, rows.astype(np.int64) * (1 << 32) + cols)
-        drop |= excluded.reshape(n, width)
-    sims = np.where(drop, -np.inf, sims).astype(np.float32)
     safe_idx = np.where(drop, 0, idx)
+    if exclusions.self_index is not None:
+        drop |= idx == exclusions.self_index[start : start + n, None]
+    if exclusions.query_group_codes is not None:
+        codes = exclusions.query_group_codes[start : start + n, None]
+        drop |= (exclusions.gallery_group_codes()[safe_idx] == codes) & (codes >= 0)
+    sims = np.where(drop, -np.inf, sims).astype(np.float32)
+    safe_idx[drop] = 0
     order = np.argsort(ordered_keys(sims, safe_idx), axis=1)[:, :k]
     ranked_sims = np.take_along_axis(sims, order, axis=1)
     ranked_idx = np.where(ranked_sims == -np.inf, -1, np.take_along_axis(safe_idx, order, axis=1))
@@ -647,7 +654,7 @@ def iter_neighbour_blocks(
     faiss_index = index if index is not None else build_index(gallery, method, options=options)
     fetch = min(gallery.shape[0], k + exclusions.max_per_query)
     # Result rows hold `fetch` floats, int64s and int64 keys; bound them like a similarity block.
-    rows = rows_per_block(fetch, max_memory_bytes, 32)
+    rows = min(rows_per_block(fetch, max_memory_bytes, 32), max(256, _BLOCK_TARGET_BYTES // (32 * fetch)))
     for start in range(0, queries.shape[0], rows):
         stop = min(start + rows, queries.shape[0])
         sims, idx = _index_search(faiss_index, method, queries[start:stop], fetch, options)
