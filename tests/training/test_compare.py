@@ -39,3 +39,13 @@ def test_finished_runs_are_reused_when_a_comparison_is_run_again(tmp_path, monke
     monkeypatch.setattr("embedlab.training.compare.fit", lambda *a, **k: calls.append(a) or fit(*a, **k))
     again = compare(raw, tmp_path, progress=False)
     assert calls == [] and len(again.rows) == 1
+
+
+def test_a_run_folder_of_another_config_is_trained_again(tmp_path, monkeypatch, quick_digits) -> None:
+    _, raw = load_config(None, quick_digits)
+    compare(raw, tmp_path, progress=False)
+    calls = []
+    monkeypatch.setattr("embedlab.training.compare.fit", lambda *a, **k: calls.append(a) or fit(*a, **k))
+    _, changed = load_config(None, [*quick_digits, "optimizer.lr=0.01"])
+    compare(changed, tmp_path, progress=False)
+    assert len(calls) == 1

@@ -1,7 +1,8 @@
 """`compare`: every combination of a config's grid and the command line's, over several seeds.
 
-Each run trains into DIR/runs/<combination>/seed-<seed>; a run whose summary.json exists is reused, so
-an interrupted comparison picks up where it stopped. The leaderboard goes to DIR/leaderboard.{csv,md}.
+Each run trains into DIR/runs/<combination>/seed-<seed>. A finished run of the same resolved config is
+reused and an unfinished one resumed, so an interrupted comparison picks up where it stopped; a run
+folder made by another config is trained again. The leaderboard goes to DIR/leaderboard.{csv,md}.
 """
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from embedlab.config import expand_grid, parse_config
+from embedlab.config import ExperimentConfig, expand_grid, parse_config
 from embedlab.reporting.leaderboard import LeaderboardRow, build_leaderboard, write_leaderboard
 from embedlab.training.fit import fit
-from embedlab.training.run_dir import SUMMARY_FILE, write_json
+from embedlab.training.run_dir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LAST_CHECKPOINT,
+    SUMMARY_FILE,
+    write_json,
+)
 
 #: The leaderboard's metric columns, when the runs compute them.
 LEADERBOARD_METRICS = ("precision_at_1", "recall_at_5", "r_precision", "map_at_r", "map")
@@ -33,6 +40,19 @@ class Comparison:
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:120] or "default"
+
+
+def _same_config(run_dir: Path, cfg: ExperimentConfig) -> bool:
+    path = run_dir / CONFIG_FILE
+    return path.is_file() and path.read_text() == cfg.to_yaml()
+
+
+def _finished_summary(run_dir: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """The summary of a finished run of this very config, or None (then the run is trained again)."""
+    summary_path = run_dir / SUMMARY_FILE
+    if summary_path.is_file() and _same_config(run_dir, cfg):
+        return json.loads(summary_path.read_text())
+    return None
 
 
 def compare(
@@ -61,11 +81,11 @@ def compare(
             run_dir = out_dir / "runs" / slug(label) / f"seed-{seed}"
             if on_run is not None:
                 on_run(label, seed, run_dir)
-            summary_path = run_dir / SUMMARY_FILE
-            if summary_path.is_file():
-                summary = json.loads(summary_path.read_text())
-            else:
-                resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+            summary = _finished_summary(run_dir, run_cfg)
+            if summary is None:
+                resume = (
+                    _same_config(run_dir, run_cfg) and (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
+                )
                 summary = fit(run_cfg, run_dir, resume=resume, force=not resume, progress=progress).summary
             results.append((label, seed, summary))
     available = set.intersection(*(set(s["metrics"]) for _, _, s in results))
