@@ -82,6 +82,7 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*TensorBoard.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
 def fit(
