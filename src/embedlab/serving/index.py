@@ -1,0 +1,445 @@
+"""The gallery index on disk: embeddings, a faiss index over them, item metadata and a manifest.
+
+INDEX_DIR/
+  manifest.json    what made the index and how to query it (`IndexManifest`): model checkpoint and its
+                   sha256, embedding size, preprocessing, post-processing, faiss kind, open-set threshold
+  items.jsonl      one gallery item per line in id order: {"path", "label", "extra": {CSV columns}}
+  embeddings.npy   (N, D) float32 unit rows in id order, kept so the faiss index can be rebuilt
+  index.faiss      the faiss index over those rows: IndexFlatIP, IndexIVFFlat or IndexHNSWFlat
+
+Every write builds a complete new folder beside the old one (`.INDEX_DIR.incoming`) and swaps it in
+with two renames (old -> `.INDEX_DIR.previous`, new -> INDEX_DIR). A writer killed before the swap
+leaves the old folder untouched; one killed between the two renames leaves the old folder under its
+`.previous` name, and the next load or write puts it back. Writers and loaders of indexes in one parent
+folder take an exclusive lock on that folder, so a loader never reads half of one index and half of
+another.
+
+This module needs numpy, faiss and pydantic only (no torch), so that an index loads quickly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from embedlab.retrieval.knn import IndexOptions, SearchMethod, build_index
+
+MANIFEST_FILE = "manifest.json"
+ITEMS_FILE = "items.jsonl"
+EMBEDDINGS_FILE = "embeddings.npy"
+FAISS_FILE = "index.faiss"
+FORMAT_VERSION = 1
+
+IndexKind = Literal["flat", "ivf", "hnsw"]
+RequestedKind = Literal["auto", "flat", "ivf", "hnsw"]
+INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "hnsw")
+
+# Up to FLAT_MAX_ITEMS an exact scan of the gallery costs a few milliseconds per query on one core
+# (1e5 x 128 multiply-adds), so exact answers are free. HNSW answers in about log(N) and needs no
+# training, but its graph costs ~2 x hnsw_m int32 links per item and its build time grows fastest;
+# above HNSW_MAX_ITEMS an IVF index (k-means cells, trained once) builds and grows more cheaply.
+FLAT_MAX_ITEMS = 100_000
+HNSW_MAX_ITEMS = 1_000_000
+
+_FAISS_METHOD: dict[IndexKind, SearchMethod] = {"flat": "exact", "ivf": "ivf", "hnsw": "hnsw"}
+
+
+def choose_kind(requested: RequestedKind, n_items: int) -> IndexKind:
+    """The faiss index kind for a gallery of n_items: the requested one, or by size for "auto"."""
+    if requested != "auto":
+        return requested
+    if n_items <= FLAT_MAX_ITEMS:
+        return "flat"
+    return "hnsw" if n_items <= HNSW_MAX_ITEMS else "ivf"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------------ manifest
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRecord(_Record):
+    """The checkpoint whose embedder made the gallery embeddings (and must embed the queries)."""
+
+    run_dir: str = Field(description="absolute path of the run folder at build time")
+    checkpoint: Literal["best", "last"] = "best"
+    checkpoint_sha256: str
+    backbone: str
+    embedding_dim: int = Field(gt=0)
+
+
+class PreprocessingRecord(_Record):
+    """How a file becomes the embedder's input; the embedder then scales and normalises it."""
+
+    decode: Literal["pil"] = Field("pil", description="decoded with Pillow, first frame of animations")
+    channels: Literal[1, 3] = Field(description="1: converted to grey (L), 3: converted to RGB")
+    image_size: int = Field(gt=0, description="resized to image_size x image_size, bilinear (Pillow)")
+    mean: list[float] = Field(description="per channel, applied to pixels / 255 inside the embedder")
+    std: list[float]
+
+
+class PostprocessingRecord(_Record):
+    """What happens to embeddings after the model: unit length, compared by inner product (cosine)."""
+
+    l2_normalize: bool = True
+    similarity: Literal["cosine"] = "cosine"
+
+
+class FaissRecord(_Record):
+    """The faiss index kind and its parameters (see `embedlab.retrieval.IndexOptions`)."""
+
+    kind: IndexKind
+    requested_kind: RequestedKind = Field(description="what the user asked for; auto follows the size")
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128
+    ivf_nlist: int | None = None
+    ivf_nprobe: int = 16
+
+    def options(self) -> IndexOptions:
+        return IndexOptions(
+            hnsw_m=self.hnsw_m,
+            hnsw_ef_construction=self.hnsw_ef_construction,
+            hnsw_ef_search=self.hnsw_ef_search,
+            ivf_nlist=self.ivf_nlist,
+            ivf_nprobe=self.ivf_nprobe,
+        )
+
+
+class SourceRecord(_Record):
+    """One batch of gallery items: where they came from and when (`index build`, then each `add`)."""
+
+    source: str
+    items: int = Field(ge=0)
+    added_at: str
+
+
+class OpenSetRecord(_Record):
+    """The similarity threshold below which a query is a new identity, and its operating point on the
+    calibration data (see `embedlab.serving.calibrate`)."""
+
+    threshold: float
+    objective: Literal["target_fmr", "best_f1"]
+    target_fmr: float | None = None
+    false_match_rate: float
+    true_match_rate: float
+    precision: float
+    recall: float
+    f1: float
+    n_mated: int
+    n_non_mated: int
+    calibration_data: str
+    calibrated_at: str
+
+
+class IndexManifest(_Record):
+    format_version: Literal[1] = FORMAT_VERSION
+    created_at: str
+    updated_at: str
+    size: int = Field(0, ge=0, description="number of gallery items (set when the index is built)")
+    versions: dict[str, str] = Field(default_factory=dict)
+    model: ModelRecord
+    preprocessing: PreprocessingRecord
+    postprocessing: PostprocessingRecord = PostprocessingRecord()
+    faiss: FaissRecord
+    sources: list[SourceRecord] = Field(default_factory=list)
+    open_set: OpenSetRecord | None = None
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """One gallery image: its file (absolute path), its identity, and the CSV's other columns."""
+
+    path: str
+    label: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- index
+
+
+def make_faiss_index(embeddings: np.ndarray, record: FaissRecord) -> Any:
+    """A faiss inner-product index of record.kind over unit rows (N, D) float32."""
+    if embeddings.shape[0] == 0:
+        raise ValueError("the gallery is empty; an index needs at least one image")
+    return build_index(embeddings, _FAISS_METHOD[record.kind], options=record.options())
+
+
+def configure_search(faiss_index: Any, record: FaissRecord) -> None:
+    """Set the search-time parameters of an approximate index from the manifest, once, at load: faiss
+    only reads them during searches, so concurrent searches stay safe."""
+    if record.kind == "hnsw":
+        # faiss searches at least k candidates whatever efSearch says, so a large k stays exact enough.
+        faiss_index.hnsw.efSearch = record.hnsw_ef_search
+    elif record.kind == "ivf":
+        faiss_index.nprobe = record.ivf_nprobe
+
+
+@dataclass
+class GalleryIndex:
+    """A loaded (or freshly built) index: manifest, items and embeddings in id order, faiss index."""
+
+    manifest: IndexManifest
+    items: list[GalleryItem]
+    embeddings: np.ndarray
+    faiss_index: Any
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @classmethod
+    def create(
+        cls, manifest: IndexManifest, items: list[GalleryItem], embeddings: np.ndarray
+    ) -> GalleryIndex:
+        """Build the faiss index the manifest's faiss record names over `embeddings` (N, D)."""
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        _check_rows(len(items), embeddings, manifest.model.embedding_dim)
+        faiss_index = make_faiss_index(embeddings, manifest.faiss)
+        configure_search(faiss_index, manifest.faiss)
+        faiss_record = manifest.faiss
+        if manifest.faiss.kind == "ivf":
+            faiss_record = faiss_record.model_copy(update={"ivf_nlist": int(faiss_index.nlist)})
+        manifest = manifest.model_copy(update={"size": len(items), "faiss": faiss_record})
+        return cls(manifest, list(items), embeddings, faiss_index)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k gallery items of each query (Nq, D): scores (Nq, k') float32 and ids (Nq, k') int64.
+
+        k' = min(k, gallery size). Scores are cosine similarities, descending. An approximate index may
+        find fewer than k' items for a query; those slots hold id -1 and score -inf.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"queries must have shape (N, {self.embedding_dim}) for this index, got {queries.shape}"
+            )
+        scores, ids = self.faiss_index.search(queries, min(k, len(self)))
+        scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+        return scores, ids.astype(np.int64)
+
+    def extended(
+        self, items: list[GalleryItem], embeddings: np.ndarray, source: SourceRecord
+    ) -> GalleryIndex:
+        """This index with `items` appended (ids continue from len(self)).
+
+        The faiss index grows in place (so use the returned index from then on), except when an "auto"
+        index crosses a size at which another kind is chosen: then it is rebuilt over all embeddings.
+        """
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        _check_rows(len(items), embeddings, self.embedding_dim)
+        all_embeddings = np.concatenate([np.asarray(self.embeddings), embeddings])
+        all_items = [*self.items, *items]
+        kind = choose_kind(self.manifest.faiss.requested_kind, len(all_items))
+        manifest = self.manifest.model_copy(
+            update={"updated_at": utc_now(), "sources": [*self.manifest.sources, source]}
+        )
+        if kind != self.manifest.faiss.kind:
+            manifest.faiss = manifest.faiss.model_copy(update={"kind": kind, "ivf_nlist": None})
+            return GalleryIndex.create(manifest, all_items, all_embeddings)
+        # faiss adds to its own copy; an IVF index files the new rows under its trained cells.
+        self.faiss_index.add(embeddings)
+        manifest.size = len(all_items)
+        return GalleryIndex(manifest, all_items, all_embeddings, self.faiss_index)
+
+    def with_open_set(self, record: OpenSetRecord) -> GalleryIndex:
+        manifest = self.manifest.model_copy(update={"open_set": record, "updated_at": utc_now()})
+        return GalleryIndex(manifest, self.items, self.embeddings, self.faiss_index)
+
+
+def _check_rows(n_items: int, embeddings: np.ndarray, dim: int) -> None:
+    if embeddings.ndim != 2 or embeddings.shape != (n_items, dim):
+        raise ValueError(
+            f"embeddings must have shape ({n_items}, {dim}) (one row per item), got {embeddings.shape}"
+        )
+
+
+# ----------------------------------------------------------------------------------- writing, loading
+
+
+def _sibling(index_dir: Path, role: Literal["incoming", "previous"]) -> Path:
+    return index_dir.parent / f".{index_dir.name}.{role}"
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on a folder (flock on its descriptor), released on exit."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_path(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _recover(index_dir: Path) -> None:
+    """Finish what an interrupted writer left: put the previous index back if it was moved aside but
+    the new one never arrived, and delete leftovers. Call with the folder lock held."""
+    previous, incoming = _sibling(index_dir, "previous"), _sibling(index_dir, "incoming")
+    if previous.exists():
+        if index_dir.exists():
+            shutil.rmtree(previous)
+        else:
+            os.replace(previous, index_dir)
+    if incoming.exists():
+        shutil.rmtree(incoming)
+
+
+def _write_files(index: GalleryIndex, folder: Path) -> None:
+    import faiss
+
+    with (folder / EMBEDDINGS_FILE).open("wb") as stream:
+        np.save(stream, np.ascontiguousarray(index.embeddings, dtype=np.float32))
+        stream.flush()
+        os.fsync(stream.fileno())
+    with (folder / ITEMS_FILE).open("w") as stream:
+        for item in index.items:
+            stream.write(json.dumps({"path": item.path, "label": item.label, "extra": item.extra}) + "\n")
+        stream.flush()
+        os.fsync(stream.fileno())
+    faiss.write_index(index.faiss_index, str(folder / FAISS_FILE))
+    _fsync_path(folder / FAISS_FILE)
+    # The manifest goes last: a folder with a manifest has everything the manifest describes.
+    with (folder / MANIFEST_FILE).open("w") as stream:
+        stream.write(index.manifest.model_dump_json(indent=2) + "\n")
+        stream.flush()
+        os.fsync(stream.fileno())
+    _fsync_path(folder)
+
+
+def _swap_in(incoming: Path, index_dir: Path) -> None:
+    """Move the finished `incoming` folder to index_dir, replacing what is there."""
+    previous = _sibling(index_dir, "previous")
+    if index_dir.exists():
+        os.replace(index_dir, previous)
+        os.replace(incoming, index_dir)
+        _fsync_path(index_dir.parent)
+        shutil.rmtree(previous)
+    else:
+        os.replace(incoming, index_dir)
+        _fsync_path(index_dir.parent)
+
+
+def is_index_dir(path: Path) -> bool:
+    return (path / MANIFEST_FILE).is_file()
+
+
+def check_writable(index_dir: Path, replace: bool) -> None:
+    """Raise FileExistsError if writing index_dir would replace a folder it must not replace."""
+    if not index_dir.exists():
+        return
+    if not is_index_dir(index_dir):
+        raise FileExistsError(
+            f"{index_dir} exists and is not an embedlab index (no {MANIFEST_FILE}); choose another folder"
+        )
+    if not replace:
+        raise FileExistsError(
+            f"index {index_dir} already exists; pass --force to replace it, or use `embedlab index add` "
+            "to add images to it"
+        )
+
+
+def write_index(index: GalleryIndex, index_dir: str | Path, *, replace: bool = False) -> None:
+    """Write `index` to index_dir as one atomic folder swap (see the module docstring).
+
+    An existing index is replaced only with replace=True; a folder that is not an index never is.
+    """
+    index_dir = Path(index_dir).absolute()
+    index_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(index_dir.parent):
+        _recover(index_dir)
+        check_writable(index_dir, replace)
+        incoming = _sibling(index_dir, "incoming")
+        incoming.mkdir()
+        try:
+            _write_files(index, incoming)
+        except BaseException:
+            shutil.rmtree(incoming, ignore_errors=True)
+            raise
+        _swap_in(incoming, index_dir)
+
+
+def _read_items(path: Path) -> list[GalleryItem]:
+    items = []
+    with path.open() as stream:
+        for number, line in enumerate(stream, start=1):
+            try:
+                row = json.loads(line)
+                items.append(GalleryItem(path=row["path"], label=row["label"], extra=row.get("extra", {})))
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}, line {number}: not a gallery item ({error})") from None
+    return items
+
+
+def read_manifest(index_dir: Path) -> IndexManifest:
+    path = index_dir / MANIFEST_FILE
+    try:
+        return IndexManifest.model_validate_json(path.read_text())
+    except ValidationError as error:
+        raise ValueError(f"{path} is not a valid index manifest: {error}") from None
+
+
+def load_index(index_dir: str | Path) -> GalleryIndex:
+    """Read an index folder; its files are checked against each other and against the manifest."""
+    import faiss
+
+    index_dir = Path(index_dir).absolute()
+    if not index_dir.parent.is_dir():
+        raise FileNotFoundError(f"index folder {index_dir} does not exist")
+    with _folder_lock(index_dir.parent):
+        _recover(index_dir)
+        if not is_index_dir(index_dir):
+            raise FileNotFoundError(
+                f"{index_dir} is not an embedlab index (no {MANIFEST_FILE}); "
+                "build one with `embedlab index build RUN_DIR --gallery FOLDER --out INDEX_DIR`"
+            )
+        manifest = read_manifest(index_dir)
+        items = _read_items(index_dir / ITEMS_FILE)
+        # Memory-mapped: the server keeps the rows for rebuilding only, search goes through faiss.
+        embeddings = np.load(index_dir / EMBEDDINGS_FILE, mmap_mode="r")
+        faiss_index = faiss.read_index(str(index_dir / FAISS_FILE))
+    dim = manifest.model.embedding_dim
+    checks = {
+        f"{ITEMS_FILE} rows": len(items),
+        f"{EMBEDDINGS_FILE} rows": embeddings.shape[0],
+        f"{FAISS_FILE} vectors": int(faiss_index.ntotal),
+    }
+    wrong = {name: count for name, count in checks.items() if count != manifest.size}
+    if wrong or embeddings.shape[1:] != (dim,) or faiss_index.d != dim:
+        raise ValueError(
+            f"index {index_dir} is inconsistent: the manifest says {manifest.size} items of size {dim}, "
+            f"but {', '.join(f'{k}: {v}' for k, v in checks.items())}, {EMBEDDINGS_FILE} shape "
+            f"{embeddings.shape}, {FAISS_FILE} dimension {faiss_index.d}; rebuild it"
+        )
+    configure_search(faiss_index, manifest.faiss)
+    return GalleryIndex(manifest, items, embeddings, faiss_index)
