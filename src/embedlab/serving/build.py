@@ -1,0 +1,201 @@
+"""`build_gallery_index` and `add_to_gallery_index`: gallery images -> embeddings -> an index folder.
+
+A gallery is one folder (ROOT/<label>/<image>), one CSV (columns `path`, `label`, any others kept as
+item metadata; with an `is_gallery` column only the rows marked true are indexed), or a list of image
+files (labelled by `label`, or by their parent folder's name).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from embedlab.data.images import ImageFiles
+from embedlab.data.sources import IMAGE_SUFFIXES, read_csv, read_folder
+from embedlab.models.inference import embed
+from embedlab.serving.index import (
+    FaissRecord,
+    GalleryIndex,
+    GalleryItem,
+    IndexManifest,
+    ModelRecord,
+    PreprocessingRecord,
+    RequestedKind,
+    SourceRecord,
+    check_writable,
+    choose_kind,
+    load_index,
+    utc_now,
+    write_index,
+)
+from embedlab.serving.searcher import checkpoint_sha256, load_matching_run
+from embedlab.training.run_dir import LoadedRun, load_run
+
+VERSIONED_PACKAGES = ("embedlab", "torch", "timm", "faiss-cpu")
+
+
+@dataclass
+class Gallery:
+    """Images to embed (read at the model's size) and their items, in the same order."""
+
+    images: ImageFiles
+    items: list[GalleryItem]
+    source: str
+
+
+def _image_files(paths: Sequence[Path], image_size: int, channels: int, label: str | None) -> Gallery:
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"image file {path} does not exist")
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(
+                f"{path} is not an image file (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))}); give one "
+                "folder, one CSV, or image files"
+            )
+    labels = [label or path.absolute().parent.name for path in paths]
+    names = sorted(set(labels))
+    images = ImageFiles(
+        labels=torch.tensor([names.index(name) for name in labels], dtype=torch.long),
+        class_names=names,
+        name=f"{len(paths)} image files",
+        paths=[path.resolve() for path in paths],
+        size=image_size,
+        num_channels=channels,
+    )
+    items = [GalleryItem(str(p), name) for p, name in zip(images.paths, labels, strict=True)]
+    return Gallery(images, items, images.name)
+
+
+def read_gallery(
+    sources: Sequence[Path], image_size: int, channels: int, label: str | None = None
+) -> Gallery:
+    """One folder, one CSV, or image files, as images to embed and their gallery items."""
+    if not sources:
+        raise ValueError("no gallery given: pass a folder, a CSV, or image files")
+    first = sources[0]
+    if len(sources) > 1 or first.suffix.lower() in IMAGE_SUFFIXES:
+        return _image_files(sources, image_size, channels, label)
+    if label is not None:
+        raise ValueError("--label applies to image files; a folder or CSV brings its own labels")
+    if first.suffix.lower() == ".csv":
+        images = read_csv(first, image_size, channels).images
+        if images.is_gallery is not None:
+            images = images.subset(torch.nonzero(images.is_gallery).flatten())
+    elif first.is_dir():
+        images = read_folder(first, image_size, channels).images
+    else:
+        raise FileNotFoundError(f"gallery {first} is neither a folder, a .csv file, nor an image file")
+    names = images.class_names or []
+    images.paths = [path.resolve() for path in images.paths]
+    extras = images.extra or [{} for _ in images.paths]
+    items = [
+        GalleryItem(str(path), names[code], extra)
+        for path, code, extra in zip(images.paths, images.labels.tolist(), extras, strict=True)
+    ]
+    return Gallery(images, items, str(first.resolve()))
+
+
+def _embed(run: LoadedRun, images: ImageFiles, batch_size: int | None, progress: bool) -> np.ndarray:
+    batch = batch_size or run.config.train.eval_batch_size
+    return embed(run.embedder, images, batch, run.config.data.num_workers, progress=progress)
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def new_manifest(run: LoadedRun, which: str, kind: RequestedKind, n_items: int) -> IndexManifest:
+    """The manifest of a new index over n_items embedded by `run`'s checkpoint `which`."""
+    preprocess = run.embedder.preprocess
+    now = utc_now()
+    return IndexManifest(
+        created_at=now,
+        updated_at=now,
+        versions=_versions(),
+        model=ModelRecord(
+            run_dir=str(run.run_dir.resolve()),
+            checkpoint=which,  # type: ignore[arg-type]
+            checkpoint_sha256=checkpoint_sha256(run.checkpoint_path),
+            backbone=run.config.model.backbone,
+            embedding_dim=run.embedder.embedding_dim,
+        ),
+        preprocessing=PreprocessingRecord(
+            channels=preprocess.channels,  # type: ignore[arg-type]
+            image_size=preprocess.size,
+            mean=[float(v) for v in preprocess.mean.tolist()],
+            std=[float(v) for v in preprocess.std.tolist()],
+        ),
+        faiss=FaissRecord(kind=choose_kind(kind, n_items), requested_kind=kind),
+    )
+
+
+def build_gallery_index(
+    run_dir: str | Path,
+    gallery: Sequence[Path],
+    out: str | Path,
+    *,
+    kind: RequestedKind = "auto",
+    checkpoint: str = "best",
+    label: str | None = None,
+    batch_size: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> GalleryIndex:
+    """Embed a gallery with a run's checkpoint and write the index folder `out` (atomically)."""
+    out = Path(out)
+    check_writable(out, replace=force)
+    run = load_run(run_dir, checkpoint)
+    data = read_gallery(gallery, run.embedder.preprocess.size, run.embedder.preprocess.channels, label)
+    embeddings = _embed(run, data.images, batch_size, progress)
+    manifest = new_manifest(run, checkpoint, kind, len(data.items))
+    manifest.sources = [SourceRecord(source=data.source, items=len(data.items), added_at=manifest.created_at)]
+    index = GalleryIndex.create(manifest, data.items, embeddings)
+    write_index(index, out, replace=force)
+    return index
+
+
+@dataclass
+class AddResult:
+    index: GalleryIndex
+    added: int
+    skipped: int
+
+
+def add_to_gallery_index(
+    index_dir: str | Path,
+    images: Sequence[Path],
+    *,
+    run_dir: str | Path | None = None,
+    label: str | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> AddResult:
+    """Embed more images with the index's own model and append them; files already indexed (same
+    resolved path) are skipped, so running the same `add` twice adds nothing the second time."""
+    index_dir = Path(index_dir)
+    index = load_index(index_dir)
+    run = load_matching_run(index.manifest, index_dir.absolute(), run_dir)
+    settings = index.manifest.preprocessing
+    data = read_gallery(images, settings.image_size, settings.channels, label)
+    known = {item.path for item in index.items}
+    fresh = [i for i, item in enumerate(data.items) if item.path not in known]
+    skipped = len(data.items) - len(fresh)
+    if not fresh:
+        return AddResult(index, 0, skipped)
+    subset = data.images.subset(torch.tensor(fresh, dtype=torch.long))
+    embeddings = _embed(run, subset, batch_size, progress)
+    source = SourceRecord(source=data.source, items=len(fresh), added_at=utc_now())
+    grown = index.extended([data.items[i] for i in fresh], embeddings, source)
+    write_index(grown, index_dir, replace=True)
+    return AddResult(grown, len(fresh), skipped)

@@ -1,0 +1,170 @@
+"""Search: a gallery index joined with the model that made it; images in, top-k and the open-set
+decision out.
+
+An index is only meaningful with the model that embedded its gallery. The manifest records that model
+(run folder, checkpoint, sha256 of the checkpoint file, embedding size, input size and channels);
+`load_matching_run` loads it, or another run named by the caller, and refuses any that differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from embedlab.models.embedder import Embedder
+from embedlab.serving.images import DEFAULT_MAX_PIXELS, decode_image
+from embedlab.serving.index import GalleryIndex, IndexManifest, load_index
+from embedlab.training.run_dir import LoadedRun, load_run
+
+#: Query images embedded per forward pass when many are searched at once.
+QUERY_BATCH = 64
+
+
+class ModelMismatchError(ValueError):
+    """The model offered for an index is not the one that built it."""
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """sha256 of a checkpoint file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_model(manifest: IndexManifest, run: LoadedRun, sha256: str, index_dir: Path) -> None:
+    """Raise ModelMismatchError unless `run` (whose checkpoint hashes to sha256) built the index."""
+    expected = manifest.model
+    fix = (
+        f"search with the run that built it (--run {expected.run_dir}), or rebuild the index with "
+        f"`embedlab index build {run.run_dir} --gallery ... --out {index_dir} --force`"
+    )
+    if run.embedder.embedding_dim != expected.embedding_dim:
+        raise ModelMismatchError(
+            f"index {index_dir} holds embeddings of size {expected.embedding_dim}, but "
+            f"{run.checkpoint_path} makes embeddings of size {run.embedder.embedding_dim}; {fix}"
+        )
+    preprocess = run.embedder.preprocess
+    wanted = manifest.preprocessing
+    if (preprocess.channels, preprocess.size) != (wanted.channels, wanted.image_size):
+        raise ModelMismatchError(
+            f"index {index_dir} was built for {wanted.channels}-channel {wanted.image_size}px images, but "
+            f"{run.checkpoint_path} takes {preprocess.channels}-channel {preprocess.size}px images; {fix}"
+        )
+    if sha256 != expected.checkpoint_sha256:
+        raise ModelMismatchError(
+            f"index {index_dir} was built by a checkpoint with sha256 {expected.checkpoint_sha256[:16]}..., "
+            f"but {run.checkpoint_path} has sha256 {sha256[:16]}... (retrained or replaced since); {fix}"
+        )
+
+
+def load_matching_run(
+    manifest: IndexManifest, index_dir: Path, run_dir: str | Path | None = None
+) -> LoadedRun:
+    """The run that built the index (or `run_dir`, which must hold the same checkpoint), loaded."""
+    try:
+        run = load_run(run_dir or manifest.model.run_dir, manifest.model.checkpoint)
+    except FileNotFoundError as error:
+        if run_dir is not None:
+            raise
+        raise FileNotFoundError(
+            f"{error}; index {index_dir} was built by that run: pass the run folder with --run "
+            "if it has moved"
+        ) from None
+    check_model(manifest, run, checkpoint_sha256(run.checkpoint_path), index_dir)
+    return run
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One gallery item found for a query: its id, identity, file, cosine similarity, CSV columns."""
+
+    id: int
+    label: str
+    path: str
+    score: float
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The top-k of one query, best first, and whether it is a new identity (None: no threshold)."""
+
+    hits: list[SearchHit]
+    new_identity: bool | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"results": [asdict(hit) for hit in self.hits], "new_identity": self.new_identity}
+
+
+class Searcher:
+    """An index and its embedder; thread-safe for concurrent searches (both are only read)."""
+
+    def __init__(self, index: GalleryIndex, embedder: Embedder, index_dir: Path) -> None:
+        self.index = index
+        self.embedder = embedder.eval()
+        self.index_dir = index_dir
+
+    @property
+    def threshold(self) -> float | None:
+        open_set = self.index.manifest.open_set
+        return None if open_set is None else open_set.threshold
+
+    def decode(self, data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """Encoded image bytes -> uint8 (C, S, S) as the gallery was read (see serving.images)."""
+        settings = self.index.manifest.preprocessing
+        return decode_image(data, settings.image_size, settings.channels, max_pixels=max_pixels, name=name)
+
+    @torch.inference_mode()
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 images (B, C, S, S) -> unit embeddings (B, D) float32."""
+        chunks = [
+            self.embedder(torch.from_numpy(pixels[start : start + QUERY_BATCH])).float().numpy()
+            for start in range(0, len(pixels), QUERY_BATCH)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.index.embedding_dim), np.float32)
+
+    def search_embeddings(self, embeddings: np.ndarray, k: int) -> list[QueryResult]:
+        """Top-k and the open-set decision of each query embedding (Nq, D)."""
+        scores, ids = self.index.search(embeddings, k)
+        threshold = self.threshold
+        results = []
+        for row_scores, row_ids in zip(scores, ids, strict=True):
+            hits = [self._hit(int(i), float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
+            top = hits[0].score if hits else -np.inf
+            results.append(QueryResult(hits, None if threshold is None else bool(top < threshold)))
+        return results
+
+    def search(self, pixels: np.ndarray, k: int) -> list[QueryResult]:
+        """Top-k and the open-set decision of each uint8 image (B, C, S, S)."""
+        return self.search_embeddings(self.embed(pixels), k)
+
+    def search_files(
+        self, paths: Sequence[Path], k: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> list[QueryResult]:
+        """Top-k of image files, decoded like uploads (errors name the file)."""
+        pixels = []
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"query image {path} does not exist")
+            pixels.append(self.decode(path.read_bytes(), str(path), max_pixels))
+        return self.search(np.stack(pixels), k) if pixels else []
+
+    def _hit(self, item_id: int, score: float) -> SearchHit:
+        item = self.index.items[item_id]
+        return SearchHit(id=item_id, label=item.label, path=item.path, score=score, extra=item.extra)
+
+
+def open_searcher(index_dir: str | Path, run_dir: str | Path | None = None) -> Searcher:
+    """Load an index and the model that built it (or `run_dir`, checked to be the same model)."""
+    index_dir = Path(index_dir).absolute()
+    index = load_index(index_dir)
+    run = load_matching_run(index.manifest, index_dir, run_dir)
+    return Searcher(index, run.embedder, index_dir)
