@@ -1,0 +1,212 @@
+"""The HTTP API and its page (FastAPI), served by uvicorn on 127.0.0.1 unless told otherwise.
+
+Routes:
+  POST /search              multipart form: `file` (an image), optional `k` (1..max_k, default 10);
+                            JSON: the top-k items with label, score and image URL, and `new_identity`
+  GET  /items/{id}/image    a gallery image by its integer id (never by a path from the request)
+  GET  /healthz             {"status": "ok", items, embedding size, index kind, threshold, limits}
+  GET  /                    a page: drop or pick an image, see it beside its top-k thumbnails
+
+Bad input gets a 4xx whose JSON `detail` is one sentence: 400 empty upload, 404 unknown item, 413 a
+body over max_upload_bytes (refused from its Content-Length before it is read, or when the count
+passes the limit) or an image over max_pixels (refused from its header before it is decoded), 415 not
+an image, 422 an undecodable image or a bad form field.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from embedlab.serving.images import DEFAULT_MAX_PIXELS, ImageRejectedError
+from embedlab.serving.searcher import Searcher, open_searcher
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+PAGE = "page.html"
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one request may ask for: body bytes, decoded pixels, results."""
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_k: int = 100
+    default_k: int = 10
+
+
+class UploadSizeLimit:
+    """ASGI middleware: a request body over max_bytes gets 413 and is never read in full.
+
+    A declared Content-Length over the limit is refused before the body is read. Without one (chunked
+    uploads) the bytes are counted as they arrive; past the limit the app's body parsing is cut short
+    and whatever it answers is replaced by the 413.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _reject(self, send: Send, size: str) -> None:
+        limit = self.max_bytes / 1024 / 1024
+        body = json.dumps({"detail": f"the request body is {size}; the upload limit is {limit:.1f} MiB"})
+        body = body.encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        # Connection: close, as the unread rest of the body must not be taken for the next request.
+        headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send, f"{int(declared) / 1024 / 1024:.1f} MiB")
+            return
+        received = 0
+        replaced = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLargeError
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal replaced
+            if received > self.max_bytes:
+                if not replaced:
+                    replaced = True
+                    await self._reject(send, "over the limit")
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except _BodyTooLargeError:
+            if not replaced:
+                replaced = True
+                await self._reject(send, "over the limit")
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+def _validation_message(error: RequestValidationError) -> str:
+    """FastAPI's list of field errors as one sentence: "k: Input should be ...; file: Field required"."""
+    parts = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem.get("loc", ())[1:]) or "request"
+        parts.append(f"{field}: {problem.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def create_app(searcher: Searcher, limits: ServerLimits | None = None) -> FastAPI:
+    """The FastAPI app over one searcher (index + model), with the upload limit middleware."""
+    limits = limits or ServerLimits()
+    index = searcher.index
+    page = (resources.files("embedlab.serving") / PAGE).read_text()
+    app = FastAPI(title="embedlab search", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(UploadSizeLimit, max_bytes=limits.max_upload_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_message(error)}, status_code=422)
+
+    @app.get("/", response_class=HTMLResponse)
+    def home() -> str:
+        return page
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        manifest = index.manifest
+        return {
+            "status": "ok",
+            "items": len(index),
+            "embedding_dim": index.embedding_dim,
+            "index_kind": manifest.faiss.kind,
+            "backbone": manifest.model.backbone,
+            "threshold": searcher.threshold,
+            "max_upload_bytes": limits.max_upload_bytes,
+            "max_pixels": limits.max_pixels,
+            "max_k": limits.max_k,
+            "default_k": limits.default_k,
+        }
+
+    @app.post("/search")
+    def search(
+        file: Annotated[UploadFile, File(description="the query image")],
+        k: Annotated[int | None, Form(ge=1, le=limits.max_k, description="results to return")] = None,
+    ) -> dict[str, Any]:
+        # A plain `def`: FastAPI runs it in its thread pool, so decoding and the forward pass do not
+        # block the event loop; torch and faiss release the GIL while they compute.
+        data = file.file.read()
+        name = f"upload {file.filename!r}" if file.filename else "upload"
+        try:
+            pixels = searcher.decode(data, name, limits.max_pixels)
+        except ImageRejectedError as error:
+            raise HTTPException(status_code=error.status, detail=str(error)) from None
+        count = k or limits.default_k
+        result = searcher.search(pixels[None], count)[0]
+        return {
+            "k": count,
+            "threshold": searcher.threshold,
+            "new_identity": result.new_identity,
+            "results": [
+                {
+                    "id": hit.id,
+                    "label": hit.label,
+                    "score": hit.score,
+                    "filename": Path(hit.path).name,
+                    "image_url": f"/items/{hit.id}/image",
+                    "extra": hit.extra,
+                }
+                for hit in result.hits
+            ],
+        }
+
+    @app.get("/items/{item_id}/image")
+    def item_image(item_id: int) -> FileResponse:
+        if not 0 <= item_id < len(index):
+            raise HTTPException(
+                status_code=404, detail=f"no gallery item {item_id}; ids run from 0 to {len(index) - 1}"
+            )
+        path = Path(index.items[item_id].path)
+        if not path.is_file():
+            raise HTTPException(
+                status_code=404, detail=f"the image file of gallery item {item_id} is missing"
+            )
+        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media_type)
+
+    return app
+
+
+def serve(
+    index_dir: str | Path,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    run_dir: str | Path | None = None,
+    limits: ServerLimits | None = None,
+) -> None:
+    """Load the index and its model, then serve the app until interrupted."""
+    app = create_app(open_searcher(index_dir, run_dir), limits)
+    uvicorn.run(app, host=host, port=port, log_level="info")
