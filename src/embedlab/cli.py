@@ -152,3 +152,11 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4f}")
     console.print(table)
+
+
+# The serving commands (issue 7) live in their own module; registered here so that `embedlab` lists them.
+from embedlab.serving.cli_commands import calibrate, export, index_app, search, serve  # noqa: E402
+
+app.add_typer(index_app, name="index")
+for _command in (search, calibrate, serve, export):
+    app.command()(_command)
