@@ -99,3 +99,9 @@ def test_docs_config_reference_is_the_generated_one() -> None:
 
     path = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert path.read_text() == reference_markdown(), "regenerate docs/config.md from reference_markdown()"
+
+
+def test_grid_label_of_a_loss_list_joins_its_blocks() -> None:
+    raw = {"grid": {"loss": [[{"name": "SoftmaxLoss"}, {"name": "CenterLoss", "weight": 0.1, "lr": 0.01}]]}}
+    [(label, _)] = list(expand_grid(raw))
+    assert label == "loss=SoftmaxLoss + 0.1*CenterLoss"

@@ -326,9 +326,17 @@ def parse_grid_option(option: str) -> tuple[str, list[Any]]:
 
 
 def _value_label(value: Any) -> str:
+    """A readable name for a grid value: a block by its class and arguments, a list of blocks joined."""
     if isinstance(value, Mapping) and "name" in value:
         return LossConfig.model_validate(value).label()
+    if isinstance(value, list) and value and all(isinstance(v, Mapping) and "name" in v for v in value):
+        return " + ".join(_block_label(v) for v in value)
     return str(value)
+
+
+def _block_label(block: Mapping[str, Any]) -> str:
+    config = LossConfig.model_validate(block)
+    return config.label() if config.weight == 1.0 else f"{config.weight:g}*{config.label()}"
 
 
 def expand_grid(

@@ -102,3 +102,14 @@ def test_validation_every_n_epochs_and_always_after_the_last(tmp_path) -> None:
     assert float(rows[0]["train_seconds"]) > 0
     assert result.summary["best_epoch"] in (1, 2)
     assert result.metrics["precision_at_1"] == pytest.approx(float(rows[2]["precision_at_1"]))
+
+
+def test_values_a_loss_logs_reach_the_history(tmp_path) -> None:
+    cfg, _ = load_config(
+        None,
+        [*DIGITS, "train.epochs=1", "train.max_steps_per_epoch=3", "loss={name: AdaCosLoss, scale: dynamic}"],
+    )
+    fit(cfg, tmp_path / "run", progress=False)
+    with (tmp_path / "run" / "metrics.csv").open() as stream:
+        [row] = list(csv.DictReader(stream))
+    assert float(row["loss/scale"]) > 0

@@ -82,10 +82,15 @@ class RetrievalValidation(L.Callback):
                 "n_queries_without_positives": result.n_queries_without_positives,
             }
         train_loss = trainer.callback_metrics.get("train_loss")
+        log_values = getattr(pl_module.loss, "log_values", None)
+        loss_values = {
+            f"loss/{k}": round(float(v), 6) for k, v in (log_values() if callable(log_values) else {}).items()
+        }
         row: dict[str, Any] = {
             "epoch": epoch,
             "step": trainer.global_step,
             "train_loss": float(train_loss) if train_loss is not None else float("nan"),
+            **loss_values,
             **scores,
             "train_seconds": round(self.train_seconds, 3),
             "epoch_train_seconds": round(epoch_seconds, 3),
