@@ -77,8 +77,13 @@ class ModelConfig(_Section):
     )
     pretrained: bool = Field(False, description="timm's pretrained weights (needs a reachable hub)")
     weights_path: str | None = Field(None, description="a local weights file for the backbone")
-    pooling: Literal["gem", "avg", "max"] = Field("gem", description="global pooling of the feature map")
+    pooling: Literal["gem", "avg", "max", "flatten"] = Field(
+        "gem", description="global pooling of the feature map; flatten keeps the layout (fixed input size)"
+    )
     gem_p: float = Field(3.0, gt=0.0, description="initial GeM exponent (learned)")
+    neck: Literal["bn", "linear"] = Field(
+        "bn", description="bn: Linear then BatchNorm; linear: Linear with bias"
+    )
     embedding_dim: int = Field(128, gt=0, description="size of the L2-normalised embedding")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the neck's linear layer")
 

@@ -23,3 +23,12 @@ def test_pretrained_statistics_are_used_for_timm_backbones() -> None:
     assert torch.allclose(embedder.preprocess.mean, torch.tensor([0.485, 0.456, 0.406]), atol=1e-3)
     grey = build_embedder(ModelConfig(backbone="resnet18"), channels=1, image_size=32)
     assert grey.preprocess.mean.shape == (1,)
+
+
+def test_flatten_and_linear_neck_rebuild_the_metric_learning_example_network() -> None:
+    cfg = ModelConfig(backbone="pml_mnist_example", pooling="flatten", neck="linear", embedding_dim=50)
+    embedder = build_embedder(cfg, channels=1, image_size=28)
+    assert embedder.neck.linear.in_features == 9216 and embedder.neck.linear.bias is not None
+    assert embedder.backbone.training  # measuring the flattened size left the training mode alone
+    embeddings = embedder.eval()(torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8))
+    assert embeddings.shape == (3, 50)

@@ -26,3 +26,8 @@ def test_registry_builds_every_pooling() -> None:
     features = torch.rand(2, 3, 4, 4)
     for name in ("gem", "avg", "max"):
         assert POOLING.build(name)(features).shape == (2, 3)
+
+
+def test_flatten_keeps_every_value_in_layout_order() -> None:
+    features = torch.arange(24.0).view(2, 3, 2, 2)
+    assert torch.equal(POOLING.build("flatten")(features), features.view(2, 12))

@@ -13,7 +13,7 @@ from torch import nn
 from embedlab.config import ModelConfig
 from embedlab.data.transforms import Preprocess
 from embedlab.models.backbones import Backbone, create_backbone
-from embedlab.models.necks import LinearBatchNormNeck
+from embedlab.models.necks import NECKS
 from embedlab.models.pooling import POOLING
 
 #: Statistics for backbones trained from scratch: pixels in [0, 1] mapped to [-1, 1].
@@ -55,5 +55,14 @@ def build_embedder(cfg: ModelConfig, channels: int, image_size: int) -> Embedder
     backbone = create_backbone(cfg.backbone, channels, cfg.pretrained, cfg.weights_path, cfg.backbone_args)
     mean, std = _normalisation(backbone, channels)
     pooling = POOLING.build("gem", p=cfg.gem_p) if cfg.pooling == "gem" else POOLING.build(cfg.pooling)
-    neck = LinearBatchNormNeck(backbone.num_features, cfg.embedding_dim, cfg.dropout)
-    return Embedder(Preprocess(channels, image_size, mean, std), backbone, pooling, neck)
+    preprocess = Preprocess(channels, image_size, mean, std)
+    pooled_features = backbone.num_features
+    if cfg.pooling == "flatten":
+        # the flattened size depends on the input size: measure it once
+        with torch.no_grad():
+            was_training = backbone.training
+            probe = backbone.eval()(preprocess(torch.zeros(1, channels, image_size, image_size)))
+            backbone.train(was_training)
+        pooled_features = int(probe[0].numel())
+    neck = NECKS[cfg.neck](pooled_features, cfg.embedding_dim, cfg.dropout)
+    return Embedder(preprocess, backbone, pooling, neck)

@@ -1,4 +1,8 @@
-"""The neck: pooled features (B, C) -> embedding (B, D) through dropout, Linear and BatchNorm."""
+"""Necks: pooled features (B, C) -> embedding (B, D).
+
+`bn`: dropout -> Linear -> BatchNorm, the BN-neck of re-identification baselines; `linear`: dropout ->
+Linear with a bias, the plain projection of simple metric-learning examples.
+"""
 
 from __future__ import annotations
 
@@ -17,3 +21,21 @@ class LinearBatchNormNeck(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.norm(self.linear(self.dropout(pooled)))
+
+
+class LinearNeck(nn.Module):
+    """Dropout -> Linear(C, D) with a bias."""
+
+    def __init__(self, in_features: int, embedding_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.linear = nn.Linear(in_features, embedding_dim)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.dropout(pooled))
+
+
+NECKS: dict[str, type[LinearBatchNormNeck] | type[LinearNeck]] = {
+    "bn": LinearBatchNormNeck,
+    "linear": LinearNeck,
+}

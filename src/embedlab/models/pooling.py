@@ -1,4 +1,5 @@
-"""Global pooling of feature maps (B, C, H, W) -> (B, C): GeM with a learnable exponent, average, max.
+"""Global pooling of feature maps (B, C, H, W) -> (B, C): GeM with a learnable exponent, average, max;
+and `flatten`, (B, C, H, W) -> (B, C*H*W), which keeps the layout (small fixed-size inputs only).
 
 GeM (Radenovic et al., "Fine-tuning CNN Image Retrieval with No Human Annotation", TPAMI 2018):
 gem(x) = (mean over H, W of clamp(x, eps)^p)^(1/p); p = 1 is average pooling, p -> inf max pooling.
@@ -46,3 +47,9 @@ class AveragePool(nn.Module):
 class MaxPool(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features.amax(dim=(-2, -1))
+
+
+@POOLING.register(name="flatten")
+class Flatten(nn.Module):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features.flatten(1)

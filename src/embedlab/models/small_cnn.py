@@ -1,4 +1,4 @@
-"""A small convolutional backbone for 28x28 grey images, shaped like a timm feature extractor."""
+"""Small convolutional backbones for 28x28 grey images, shaped like timm feature extractors."""
 
 from __future__ import annotations
 
@@ -30,6 +30,30 @@ class SmallCNN(nn.Module):
             channels = width
         self.features = nn.Sequential(*layers)
         self.num_features = channels
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(images)
+
+
+class MetricLearningExampleNet(nn.Module):
+    """pytorch-metric-learning's MNIST example network up to its linear layer: conv 3x3 (32), ReLU,
+    conv 3x3 (64), ReLU, 2x2 max-pool, dropout 0.25: (B, C, 28, 28) -> (B, 64, 12, 12). With
+    `model.pooling: flatten`, `model.neck: linear` it is the whole example network."""
+
+    def __init__(self, in_chans: int = 1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, 32, 3, 1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, 1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout2d(0.25),
+        )
+        self.num_features = 64
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(images)
