@@ -16,13 +16,14 @@ import numpy as np
 from typing_extensions import override
 
 from embedlab.data.images import LabelledImages
-from embedlab.evaluation import RetrievalResult
 from embedlab.models.inference import embed
 from embedlab.training.evaluate import score_validation
+from embedlab.training.snapshot import take_snapshot, write_snapshot
 
 
 class RetrievalValidation(L.Callback):
-    """Embeds the queries and the gallery after each training epoch and logs `val/<metric>`."""
+    """Embeds the queries and the gallery after each training epoch and logs `val/<metric>`; after the
+    last epoch it also writes the retrieval snapshot (snapshot.py) to `snapshot_path`, when given."""
 
     def __init__(
         self,
@@ -33,6 +34,7 @@ class RetrievalValidation(L.Callback):
         history_path: Path,
         num_workers: int = 0,
         every_n_epochs: int = 1,
+        snapshot_path: Path | None = None,
     ) -> None:
         self.query = query
         self.gallery = gallery
@@ -41,6 +43,7 @@ class RetrievalValidation(L.Callback):
         self.history_path = history_path
         self.num_workers = num_workers
         self.every_n_epochs = every_n_epochs
+        self.snapshot_path = snapshot_path
         self.train_seconds = 0.0
         self.train_images = 0
         self._epoch_start = 0.0
@@ -63,15 +66,21 @@ class RetrievalValidation(L.Callback):
         self.train_seconds += epoch_seconds
         self.train_images += self._epoch_images
         epoch = trainer.current_epoch
-        due = (epoch + 1) % self.every_n_epochs == 0 or epoch + 1 == trainer.max_epochs
+        last = epoch + 1 == trainer.max_epochs
+        due = (epoch + 1) % self.every_n_epochs == 0 or last
         scores: dict[str, Any] = dict.fromkeys(
             [*self.metrics, "n_queries", "n_queries_without_positives"], ""
         )
         eval_seconds = 0.0
         if due:
             started = time.perf_counter()
-            result = self._score(pl_module)
+            query, gallery = self._embed(pl_module)
+            result = score_validation(query, gallery, self.query, self.gallery, self.metrics)
             eval_seconds = time.perf_counter() - started
+            if last and self.snapshot_path is not None:
+                # After eval_seconds is taken, so that the last epoch's evaluation time stays comparable.
+                snapshot = take_snapshot(query, gallery, self.query, self.gallery, epoch)
+                write_snapshot(self.snapshot_path, snapshot)
             for name, value in result.metrics.items():
                 pl_module.log(
                     f"val/{name}", value, on_epoch=True, prog_bar=name in ("precision_at_1", "map_at_r")
@@ -99,13 +108,13 @@ class RetrievalValidation(L.Callback):
         }
         append_history(self.history_path, row)
 
-    def _score(self, pl_module: L.LightningModule) -> RetrievalResult:
+    def _embed(self, pl_module: L.LightningModule) -> tuple[np.ndarray, np.ndarray | None]:
         embedder = pl_module.embedder  # type: ignore[attr-defined]
         query = embed(embedder, self.query, self.batch_size, self.num_workers)
         gallery = (
             None if self.gallery is None else embed(embedder, self.gallery, self.batch_size, self.num_workers)
         )
-        return score_validation(query, gallery, self.query, self.gallery, self.metrics)
+        return query, gallery
 
     @override
     def state_dict(self) -> dict[str, Any]:

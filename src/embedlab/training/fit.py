@@ -30,6 +30,7 @@ from embedlab.training.run_dir import (
     HISTORY_FILE,
     LAST_CHECKPOINT,
     MODEL_FILE,
+    SNAPSHOT_FILE,
     SPLIT_FILE,
     SUMMARY_FILE,
     atomic_write_text,
@@ -134,6 +135,7 @@ def fit(
         history,
         cfg.data.num_workers,
         cfg.train.eval_every_n_epochs,
+        snapshot_path=out_dir / SNAPSHOT_FILE,
     )
     checkpoints = ModelCheckpoint(
         dirpath=out_dir / CHECKPOINT_DIR,

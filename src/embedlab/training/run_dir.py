@@ -6,6 +6,7 @@ RUN_DIR/
   model.json           input channels and size, embedding size (to rebuild the embedder)
   metrics.csv          one row per epoch: loss, validation metrics, times, throughput
   summary.json         the final metrics under their METRICS.md names, times, versions
+  retrieval.npz        the last epoch's query embeddings and top-k neighbours, for reports (snapshot.py)
   checkpoints/best.ckpt, checkpoints/last.ckpt   written atomically
 """
 
@@ -28,6 +29,7 @@ SPLIT_FILE = "split.json"
 MODEL_FILE = "model.json"
 HISTORY_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
+SNAPSHOT_FILE = "retrieval.npz"
 CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
