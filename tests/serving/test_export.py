@@ -1,0 +1,46 @@
+"""ONNX export: the graph embeds like torch, carries its metadata, and a failed check leaves no file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+from embedlab.serving import export as export_module
+from embedlab.serving.export import ExportError, export_onnx
+from embedlab.serving.searcher import open_searcher
+
+
+def test_the_exported_graph_embeds_gallery_images_like_the_server(deployment, tmp_path: Path) -> None:
+    report = export_onnx(deployment.run_dir, tmp_path / "model.onnx")
+    assert report.max_abs_diff <= 1e-4 and report.path == tmp_path / "model.onnx"
+    assert (report.channels, report.image_size, report.embedding_dim) == (3, 16, 16)
+    searcher = open_searcher(deployment.index_dir)
+    files = sorted(deployment.gallery.rglob("*.png"))[:5]
+    pixels = np.stack([searcher.decode(path.read_bytes(), str(path)) for path in files])
+    session = onnxruntime.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    (embeddings,) = session.run(["embeddings"], {"images": pixels})
+    assert embeddings.shape == (5, 16)
+    np.testing.assert_allclose(embeddings, searcher.embed(pixels), atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    metadata = {entry.key: entry.value for entry in onnx.load(str(report.path)).metadata_props}
+    assert metadata["embedlab.checkpoint_sha256"] == searcher.index.manifest.model.checkpoint_sha256
+    assert "(batch, 3, 16, 16)" in metadata["embedlab.input"]
+
+
+def test_the_default_output_is_in_the_run_folder(deployment, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(deployment.run_dir, tmp_path / "run"))
+    assert export_onnx(run).path == run / "model.onnx" and (run / "model.onnx").is_file()
+
+
+def test_a_difference_over_the_tolerance_fails_and_writes_nothing(
+    deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export_module, "max_abs_difference", lambda *args, **kwargs: 3e-4)
+    with pytest.raises(ExportError, match=r"differ from torch's by up to 0.0003, above the tolerance 0.0001"):
+        export_onnx(deployment.run_dir, tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []
