@@ -1,0 +1,208 @@
+"""The HTTP API over a real socket: `embedlab serve` runs as its own process on a free port."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from embedlab.serving.index import load_index
+from embedlab.serving.searcher import Searcher
+from embedlab.training.run_dir import load_run
+
+
+def _post(server, data: bytes, filename: str = "query.png", **form: str) -> httpx.Response:
+    return httpx.post(f"{server.url}/search", files={"file": (filename, data)}, data=form, timeout=60)
+
+
+def _png(side: int, colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_healthz_describes_the_index(server, deployment) -> None:
+    body = httpx.get(f"{server.url}/healthz").json()
+    index = load_index(deployment.index_dir)
+    assert body["status"] == "ok" and body["items"] == len(index) == 36
+    assert body["embedding_dim"] == 16 and body["index_kind"] == "flat"
+    assert body["threshold"] == pytest.approx(index.manifest.open_set.threshold)
+    assert body["max_upload_bytes"] == 1024 * 1024
+
+
+def test_search_finds_the_gallery_image_itself_first(server, deployment) -> None:
+    query = deployment.gallery / "whale_c" / "4.png"
+    response = _post(server, query.read_bytes(), k="5")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["k"] == 5 and len(body["results"]) == 5
+    top = body["results"][0]
+    assert (
+        top["label"] == "whale_c"
+        and top["filename"] == "4.png"
+        and top["score"] == pytest.approx(1, abs=1e-5)
+    )
+    assert [hit["label"] for hit in body["results"]] == ["whale_c"] * 5
+    scores = [hit["score"] for hit in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert body["new_identity"] is False
+    # the URL of a hit serves that very file
+    image = httpx.get(f"{server.url}{top['image_url']}")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert image.content == query.read_bytes()
+
+
+def test_the_server_process_reloads_the_index_as_it_was_built_in_memory(server, deployment) -> None:
+    """The index round trip: built in this process, read back from disk by the server's own process."""
+    in_memory = Searcher(deployment.built, load_run(deployment.run_dir).embedder, deployment.index_dir)
+    queries = [deployment.gallery / "whale_b" / "2.png", deployment.new_identities / "whale_x" / "0.png"]
+    for query, expected in zip(queries, in_memory.search_files(queries, 8), strict=True):
+        hits = _post(server, query.read_bytes(), k="8").json()["results"]
+        assert [hit["id"] for hit in hits] == [hit.id for hit in expected.hits]
+        assert [hit["label"] for hit in hits] == [hit.label for hit in expected.hits]
+        assert [hit["filename"] for hit in hits] == [Path(hit.path).name for hit in expected.hits]
+        assert [hit["score"] for hit in hits] == pytest.approx([hit.score for hit in expected.hits], abs=1e-6)
+
+
+def test_default_k_is_ten(server, deployment) -> None:
+    body = _post(server, (deployment.gallery / "whale_a" / "0.png").read_bytes()).json()
+    assert body["k"] == 10 and len(body["results"]) == 10
+
+
+def test_an_identity_missing_from_the_gallery_is_new(server, deployment) -> None:
+    for query in sorted(deployment.new_identities.rglob("*.png")):
+        body = _post(server, query.read_bytes()).json()
+        assert body["new_identity"] is True, (query, body["results"][0]["score"], body["threshold"])
+        assert body["results"][0]["score"] < body["threshold"]
+
+
+def test_page_is_served(server) -> None:
+    response = httpx.get(f"{server.url}/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert 'id="drop-zone"' in response.text and 'id="file-input"' in response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "message"),
+    [
+        ("/items/36/image", 404, "ids run from 0 to 35"),
+        ("/items/-1/image", 404, "no gallery item -1"),
+        ("/items/abc/image", 422, "item_id"),
+        # an encoded slash makes another path, which no route serves
+        ("/items/..%2F..%2Fetc%2Fpasswd/image", 404, "Not Found"),
+        ("/items/%2Fetc%2Fpasswd/image", 404, "Not Found"),
+    ],
+)
+def test_items_are_served_by_id_only(server, path: str, status: int, message: str) -> None:
+    response = httpx.get(f"{server.url}{path}")
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert message in response.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def hostile_uploads(
+    bomb_png: bytes, truncated_jpeg: bytes, make_blank_png
+) -> dict[str, tuple[bytes, int, str]]:
+    """name -> (bytes, expected status, words of the expected message)."""
+    return {
+        "text file": (b"this is not an image, just text\n" * 4, 415, "not an image"),
+        "empty file": (b"", 400, "is empty"),
+        "truncated jpeg": (truncated_jpeg, 422, "could not be decoded"),
+        "20,000 x 20,000 png": (bomb_png, 413, "too large to decode"),
+        "81 megapixel png": (make_blank_png(9_000, 9_000), 413, "9000 x 9000 pixels"),
+        "over the upload limit": (b"\x89PNG" + bytes(1024 * 1024 + 10), 413, "upload limit is 1.0 MiB"),
+    }
+
+
+HOSTILE = [
+    "text file",
+    "empty file",
+    "truncated jpeg",
+    "20,000 x 20,000 png",
+    "81 megapixel png",
+    "over the upload limit",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_bad_uploads_get_a_clear_4xx_and_the_server_keeps_serving(
+    server, hostile_uploads, deployment, name
+) -> None:
+    data, status, words = hostile_uploads[name]
+    response = _post(server, data, filename="upload.bin")
+    assert response.status_code == status, response.text
+    assert words in response.json()["detail"]
+    assert server.process.poll() is None
+    after = _post(server, (deployment.gallery / "whale_b" / "1.png").read_bytes(), k="1")
+    assert after.status_code == 200 and after.json()["results"][0]["label"] == "whale_b"
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_counting(server) -> None:
+    boundary = "embedlab-test-boundary"
+
+    def body() -> Iterator[bytes]:
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        for _ in range(24):  # 1.5 MiB in 64 KiB pieces, with no Content-Length
+            yield bytes(64 * 1024)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    response = httpx.post(f"{server.url}/search", content=body(), headers=headers, timeout=60)
+    assert "content-length" not in {k.lower() for k in response.request.headers}
+    assert response.status_code == 413 and "upload limit" in response.json()["detail"]
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("form", "words"),
+    [
+        ({"k": "0"}, "k: Input should be greater than or equal to 1"),
+        ({"k": "many"}, "k: Input should be a valid integer"),
+        ({"k": "101"}, "k: Input should be less than or equal to 100"),
+    ],
+)
+def test_a_bad_k_is_a_422_naming_the_field(server, deployment, form, words) -> None:
+    response = _post(server, (deployment.gallery / "whale_a" / "0.png").read_bytes(), **form)
+    assert response.status_code == 422 and words in response.json()["detail"]
+
+
+def test_a_search_without_a_file_is_a_422_naming_the_field(server) -> None:
+    response = httpx.post(f"{server.url}/search", data={"k": "3"})
+    assert response.status_code == 422 and "file: Field required" in response.json()["detail"]
+
+
+def test_the_server_binds_to_loopback_by_default(server) -> None:
+    assert f"Uvicorn running on http://127.0.0.1:{server.port}" in server.log.read_text()
+    listening = _listening_addresses(server.port)
+    assert listening == {"127.0.0.1"}
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """IPv4 addresses listening on `port`, from /proc/net/tcp (state 0A = LISTEN)."""
+    table = Path("/proc/net/tcp")
+    if not table.is_file():
+        pytest.skip("needs Linux's /proc/net/tcp")
+    found = set()
+    for line in table.read_text().splitlines()[1:]:
+        fields = line.split()
+        address, hex_port = fields[1].split(":")
+        if int(hex_port, 16) == port and fields[3] == "0A":
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found
+
+
+def test_a_query_of_any_size_and_mode_is_searched(server) -> None:
+    grey = io.BytesIO()
+    Image.fromarray(np.full((300, 200), 128, dtype=np.uint8), mode="L").save(grey, format="PNG")
+    for data in (grey.getvalue(), _png(3, (220, 40, 40))):
+        response = _post(server, data, k="3")
+        assert response.status_code == 200 and len(response.json()["results"]) == 3
