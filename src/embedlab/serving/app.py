@@ -13,8 +13,8 @@ passes the limit) or an image over max_pixels (refused from its header before it
 an image, 422 an undecodable image or a bad form field.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the route signatures' annotations, and
+# `k`'s upper bound comes from create_app's local `limits`, which a postponed annotation cannot see.
 import json
 import mimetypes
 from dataclasses import dataclass

@@ -65,5 +65,5 @@ def decode_image(
             raise ImageRejectedError(
                 f"{name} could not be decoded ({error}); is the file complete?", 422
             ) from None
-    pixels = np.asarray(resized, dtype=np.uint8)
+    pixels = np.array(resized, dtype=np.uint8)  # a writable copy: torch.from_numpy wants one
     return pixels[np.newaxis] if channels == 1 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
