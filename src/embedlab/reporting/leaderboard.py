@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.table import Table
 
-from embedlab.training.run_dir import atomic_write_text
+from embedlab.atomic import atomic_write_text
 
 #: Columns besides the metrics: training time and throughput, averaged over seeds like the metrics.
 COST_COLUMNS = ("train_seconds", "images_per_second")

@@ -1,12 +1,8 @@
-"""Checkpoints written atomically: to a temporary file in the same folder, flushed, then renamed.
-
-A crash or a kill mid-write leaves the previous checkpoint in place and loadable, never a torn file.
-"""
+"""Checkpoints written atomically (embedlab.atomic): a crash or a kill mid-write leaves the previous
+checkpoint in place and loadable, never a torn file."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +10,11 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from typing_extensions import override
 
+from embedlab.atomic import atomic_write
+
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda stream: torch.save(obj, stream))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

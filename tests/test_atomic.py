@@ -1,0 +1,25 @@
+import pytest
+
+from embedlab.atomic import atomic_write, atomic_write_text
+
+
+def test_text_is_replaced_whole(tmp_path) -> None:
+    path = tmp_path / "a.txt"
+    atomic_write_text(path, "first")
+    atomic_write_text(path, "second")
+    assert path.read_text() == "second"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_a_failing_writer_leaves_the_old_file_and_no_temporary(tmp_path) -> None:
+    path = tmp_path / "a.bin"
+    atomic_write(path, lambda stream: stream.write(b"good"))
+
+    def fail(stream) -> None:
+        stream.write(b"half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, fail)
+    assert path.read_bytes() == b"good"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
