@@ -105,3 +105,10 @@ def test_grid_label_of_a_loss_list_joins_its_blocks() -> None:
     raw = {"grid": {"loss": [[{"name": "SoftmaxLoss"}, {"name": "CenterLoss", "weight": 0.1, "lr": 0.01}]]}}
     [(label, _)] = list(expand_grid(raw))
     assert label == "loss=SoftmaxLoss + 0.1*CenterLoss"
+
+
+def test_default_validation_metrics_are_the_evaluation_defaults() -> None:
+    # config keeps its own copy so that reading a config never imports faiss
+    from embedlab.evaluation import DEFAULT_METRICS
+
+    assert ExperimentConfig().train.metrics == list(DEFAULT_METRICS)
