@@ -21,6 +21,7 @@ from embedlab.data.splits import prepare_data
 from embedlab.models.embedder import build_embedder
 from embedlab.training.callbacks import RetrievalValidation, read_history, truncate_history
 from embedlab.training.checkpoint_io import AtomicCheckpointIO
+from embedlab.training.loggers import run_loggers
 from embedlab.training.module import EmbeddingModule
 from embedlab.training.objective import build_objective
 from embedlab.training.run_dir import (
@@ -151,7 +152,7 @@ def fit(
         accelerator="cpu",
         devices=1,
         precision=cfg.train.precision,
-        logger=False,
+        logger=run_loggers(out_dir, cfg.model_dump(mode="json", exclude={"grid"})),
         callbacks=[validation, checkpoints],
         plugins=[AtomicCheckpointIO()],
         limit_train_batches=cfg.train.max_steps_per_epoch or 1.0,
