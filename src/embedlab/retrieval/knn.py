@@ -5,11 +5,12 @@ broken by gallery index ascending, so every result is deterministic. Similarity 
 L2-normalised first) unless `metric="inner_product"` is asked for.
 
 Exact search is a chunked matrix product: queries are processed in blocks of rows whose similarity block
-(rows x gallery size) fits in `max_memory_bytes`, so no N x N matrix is ever built. On this project's
-2-core reference machine the product plus an argpartition selection was as fast as faiss's
-`IndexFlatIP` for k = 100 and about 4x faster for k = 5,000 (faiss keeps a heap per query), and it
-handles per-query exclusions and the tie rule directly, hence it is the exact backend. faiss's HNSW and
-IVF indexes serve approximate search on request; `approximate_recall` measures what they cost in recall.
+(rows x gallery size) fits in `max_memory_bytes`, so no N x N matrix is ever built. Measured on this
+project's 2-core reference machine for 1,024 queries against 50,000 items: faiss's `IndexFlatIP` took
+0.19 s for k = 100 and 1.09 s for k = 5,000 (it keeps a heap per query); the matrix product took 0.11 s
+and the partition-based selection about 0.06 s more on two threads, whatever k. The product also applies
+per-query exclusions and the tie rule directly, hence it is the exact backend. faiss's HNSW and IVF
+indexes serve approximate search on request; `approximate_recall` measures what they cost in recall.
 
 Per-query exclusions (METRICS.md): a query's own row when the gallery is the query set (by index, never
 "drop the first neighbour"), and every gallery item sharing the query's ignore-group id.
