@@ -85,6 +85,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*TensorBoard.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # epochs between validations (train.eval_every_n_epochs) have no monitored metric, by design
+    warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
 
 
 def fit(
