@@ -19,6 +19,7 @@ from embedlab.data.images import ImageFiles
 from embedlab.data.sources import IMAGE_SUFFIXES, read_csv, read_folder
 from embedlab.models.inference import embed
 from embedlab.serving.index import (
+    CheckpointName,
     FaissRecord,
     GalleryIndex,
     GalleryItem,
@@ -115,7 +116,7 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def new_manifest(run: LoadedRun, which: str, kind: RequestedKind, n_items: int) -> IndexManifest:
+def new_manifest(run: LoadedRun, which: CheckpointName, kind: RequestedKind, n_items: int) -> IndexManifest:
     """The manifest of a new index over n_items embedded by `run`'s checkpoint `which`."""
     preprocess = run.embedder.preprocess
     now = utc_now()
@@ -125,13 +126,13 @@ def new_manifest(run: LoadedRun, which: str, kind: RequestedKind, n_items: int) 
         versions=_versions(),
         model=ModelRecord(
             run_dir=str(run.run_dir.resolve()),
-            checkpoint=which,  # type: ignore[arg-type]
+            checkpoint=which,
             checkpoint_sha256=checkpoint_sha256(run.checkpoint_path),
             backbone=run.config.model.backbone,
             embedding_dim=run.embedder.embedding_dim,
         ),
         preprocessing=PreprocessingRecord(
-            channels=preprocess.channels,  # type: ignore[arg-type]
+            channels=preprocess.channels,  # type: ignore[arg-type]  # an int; pydantic checks it is 1 or 3
             image_size=preprocess.size,
             mean=[float(v) for v in preprocess.mean.tolist()],
             std=[float(v) for v in preprocess.std.tolist()],
@@ -146,7 +147,7 @@ def build_gallery_index(
     out: str | Path,
     *,
     kind: RequestedKind = "auto",
-    checkpoint: str = "best",
+    checkpoint: CheckpointName = "best",
     label: str | None = None,
     batch_size: int | None = None,
     force: bool = False,

@@ -24,6 +24,7 @@ import onnx
 import onnxruntime
 import torch
 
+from embedlab.serving.index import CheckpointName
 from embedlab.serving.searcher import checkpoint_sha256
 from embedlab.training.run_dir import load_run
 
@@ -97,7 +98,7 @@ def export_onnx(
     run_dir: str | Path,
     out: str | Path | None = None,
     *,
-    checkpoint: str = "best",
+    checkpoint: CheckpointName = "best",
     opset: int = DEFAULT_OPSET,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ExportReport:

@@ -41,6 +41,7 @@ EMBEDDINGS_FILE = "embeddings.npy"
 FAISS_FILE = "index.faiss"
 FORMAT_VERSION = 1
 
+CheckpointName = Literal["best", "last"]
 IndexKind = Literal["flat", "ivf", "hnsw"]
 RequestedKind = Literal["auto", "flat", "ivf", "hnsw"]
 INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "hnsw")
@@ -79,7 +80,7 @@ class ModelRecord(_Record):
     """The checkpoint whose embedder made the gallery embeddings (and must embed the queries)."""
 
     run_dir: str = Field(description="absolute path of the run folder at build time")
-    checkpoint: Literal["best", "last"] = "best"
+    checkpoint: CheckpointName = "best"
     checkpoint_sha256: str
     backbone: str
     embedding_dim: int = Field(gt=0)
