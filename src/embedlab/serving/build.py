@@ -7,7 +7,6 @@ files (labelled by `label`, or by their parent folder's name).
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +35,7 @@ from embedlab.serving.index import (
 )
 from embedlab.serving.searcher import checkpoint_sha256, load_matching_run
 from embedlab.training.run_dir import LoadedRun, load_run
-
-VERSIONED_PACKAGES = ("embedlab", "torch", "timm", "faiss-cpu")
+from embedlab.versions import package_versions
 
 
 @dataclass
@@ -106,16 +104,6 @@ def _embed(run: LoadedRun, images: ImageFiles, batch_size: int | None, progress:
     return embed(run.embedder, images, batch, run.config.data.num_workers, progress=progress)
 
 
-def _versions() -> dict[str, str]:
-    versions = {}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
 def new_manifest(run: LoadedRun, which: CheckpointName, kind: RequestedKind, n_items: int) -> IndexManifest:
     """The manifest of a new index over n_items embedded by `run`'s checkpoint `which`."""
     preprocess = run.embedder.preprocess
@@ -123,7 +111,7 @@ def new_manifest(run: LoadedRun, which: CheckpointName, kind: RequestedKind, n_i
     return IndexManifest(
         created_at=now,
         updated_at=now,
-        versions=_versions(),
+        versions=package_versions(),
         model=ModelRecord(
             run_dir=str(run.run_dir.resolve()),
             checkpoint=which,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import shutil
 import time
@@ -37,8 +36,7 @@ from embedlab.training.run_dir import (
     atomic_write_text,
     write_json,
 )
-
-VERSIONED_PACKAGES = ("embedlab", "torch", "timm", "pytorch-metric-learning", "lightning", "faiss-cpu")
+from embedlab.versions import package_versions
 
 
 @dataclass
@@ -49,16 +47,6 @@ class RunResult:
     @property
     def metrics(self) -> dict[str, float]:
         return self.summary["metrics"]
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def _prepare_run_dir(out_dir: Path, resume: bool, force: bool) -> Path | None:
