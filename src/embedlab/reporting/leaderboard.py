@@ -73,13 +73,14 @@ def write_leaderboard(
     md = ["| rank | combination | seeds | " + " | ".join(columns) + " |"]
     md.append("|---|---|---|" + "---|" * len(columns))
     for rank, row in enumerate(rows, start=1):
-        cells = [_cell(row, column) for column in columns]
+        cells = [format_cell(row, column) for column in columns]
         md.append(f"| {rank} | {row.combination} | {len(row.seeds)} | " + " | ".join(cells) + " |")
     atomic_write_text(md_path, "\n".join(md) + "\n")
     return csv_path, md_path
 
 
-def _cell(row: LeaderboardRow, column: str) -> str:
+def format_cell(row: LeaderboardRow, column: str) -> str:
+    """`mean ± std` of a column (the mean alone for one seed): 4 decimals, 1 for time and throughput."""
     digits = 1 if column in COST_COLUMNS else 4
     text = f"{row.mean(column):.{digits}f}"
     if len(row.seeds) > 1:
@@ -96,5 +97,5 @@ def leaderboard_table(
     for column in [*metrics, *COST_COLUMNS]:
         table.add_column(column, justify="right")
     for rank, row in enumerate(rows, start=1):
-        table.add_row(str(rank), row.combination, *[_cell(row, c) for c in [*metrics, *COST_COLUMNS]])
+        table.add_row(str(rank), row.combination, *[format_cell(row, c) for c in [*metrics, *COST_COLUMNS]])
     return table

@@ -1,0 +1,79 @@
+"""Training curves: the mean and the seed range per epoch, the time axis, the figure, and `train`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from embedlab.cli import app
+from embedlab.config import ExperimentConfig
+from embedlab.reporting.curves import aggregate_curves, plot_curves
+from embedlab.reporting.runs import RunRecord
+from embedlab.training.fit import RunResult
+
+
+def _run(combination: str, seed: int, rows: list[tuple[float, float, str]]) -> RunRecord:
+    """rows: (train_seconds, train_loss, map_at_r) per epoch; map_at_r is empty when not validated."""
+    history = [
+        {"epoch": str(e), "train_seconds": str(s), "train_loss": str(loss), "map_at_r": m}
+        for e, (s, loss, m) in enumerate(rows)
+    ]
+    return RunRecord(combination, seed, Path("."), {"metrics": {}}, history, ExperimentConfig(), "")
+
+
+RUNS = [
+    _run("a", 0, [(10.0, 2.0, "0.5"), (20.0, 1.0, "0.7")]),
+    _run("a", 1, [(14.0, 3.0, "0.3"), (30.0, 2.0, "")]),  # seed 1 skipped validation at epoch 2
+    _run("b", 0, [(5.0, 1.5, "0.6"), (9.0, 1.2, "0.65")]),
+]
+
+
+def test_curves_average_seeds_per_epoch_and_span_their_range() -> None:
+    a, b = aggregate_curves(RUNS, "map_at_r")
+    assert (a.combination, a.seeds, b.combination) == ("a", 2, "b")
+    assert a.epoch.tolist() == [1, 2]
+    assert a.mean == pytest.approx([0.4, 0.7]) and a.low == pytest.approx([0.3, 0.7])
+    assert a.high == pytest.approx([0.5, 0.7])
+    assert a.seconds == pytest.approx([12.0, 20.0])  # epoch 2: only seed 0 has a value
+    loss = aggregate_curves(RUNS, "train_loss")[0]
+    assert loss.seconds == pytest.approx([12.0, 25.0]) and loss.mean == pytest.approx([2.5, 1.5])
+
+
+def test_the_figure_has_a_row_per_column_and_a_line_per_combination_on_both_axes() -> None:
+    figure = plot_curves(RUNS, ["map_at_r"])
+    axes = figure.axes
+    assert len(axes) == 4  # train_loss and map_at_r, by epoch and by time
+    by_time = axes[3]
+    lines = {tuple(line.get_xdata()): tuple(line.get_ydata()) for line in by_time.get_lines()}
+    assert lines[(12.0, 20.0)] == pytest.approx((0.4, 0.7))
+    assert lines[(5.0, 9.0)] == pytest.approx((0.6, 0.65))
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["a", "b"]
+
+
+def test_one_epoch_is_drawn_as_a_point_with_its_seed_range() -> None:
+    runs = [_run("a", 0, [(1.0, 1.0, "0.2")]), _run("a", 1, [(1.0, 1.0, "0.6")])]
+    figure = plot_curves(runs, ["map_at_r"])
+    [bar] = figure.axes[2].containers
+    assert np.asarray(bar.lines[0].get_ydata()) == pytest.approx([0.4])
+
+
+def test_train_writes_the_curves_of_its_run(tiny_comparison, tmp_path, monkeypatch) -> None:
+    # Training itself is tested elsewhere: here `fit` hands back a finished run of the tiny comparison.
+    [finished] = list((tiny_comparison / "runs").glob("*ContrastiveLoss*/seed-0"))
+    run_dir = shutil.copytree(finished, tmp_path / "run")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    monkeypatch.setattr("embedlab.training.fit.fit", lambda *args, **kwargs: RunResult(run_dir, summary))
+    config = tmp_path / "tiny.yaml"
+    config.write_text((run_dir / "config.yaml").read_text())
+    result = CliRunner().invoke(app, ["train", str(config), "--out", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "curves.png" in result.output
+    with Image.open(run_dir / "curves.png") as image:
+        image.verify()
+        assert image.size == (1100, round(100 * (0.6 + 0.2 + 2.7 * 6 + 0.55)))  # loss and 5 metrics

@@ -1,0 +1,160 @@
+"""The HTML report of a tiny comparison: its content, its images, the CLI, and a real headless browser."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+import shutil
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from embedlab.cli import app
+from embedlab.reporting.report import ReportOptions, build_report
+from embedlab.reporting.runs import load_runs
+from embedlab.reporting.statistics import seed_wins
+
+from .conftest import COMBINATIONS
+
+METRICS = ("precision_at_1", "recall_at_5", "r_precision", "map_at_r", "map")
+PNG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def report(tiny_comparison: Path) -> Path:
+    """The report, built by `embedlab report` (PCA keeps it quick; t-SNE is tested on its own)."""
+    result = CliRunner().invoke(app, ["report", str(tiny_comparison), "--map-method", "pca"])
+    assert result.exit_code == 0, result.output
+    assert f"report: {tiny_comparison / 'report.html'}" in " ".join(result.output.split())
+    return tiny_comparison / "report.html"
+
+
+def _table(page: str, section: str) -> str:
+    return page.split(f'<section id="{section}">')[1].split("</table>")[0]
+
+
+def test_every_run_and_metric_is_in_the_leaderboard_with_its_mean_and_spread(report, tiny_comparison) -> None:
+    page = report.read_text()
+    table = html.unescape(_table(page, "leaderboard"))
+    runs = load_runs(tiny_comparison)
+    for column in [*METRICS, "train_seconds", "images_per_second"]:
+        assert f"<th>{column}</th>" in table
+    for combination in COMBINATIONS:
+        assert combination in table
+        for metric in METRICS:
+            values = [r.summary["metrics"][metric] for r in runs if r.combination == combination]
+            assert f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}" in table
+    for run in runs:
+        assert html.escape(f"{run.combination} · seed {run.seed}") in page  # its resolved config
+        assert html.escape(f"runs/{run.run_dir.parent.name}/seed-{run.seed}") in page
+    assert str(tiny_comparison) not in page  # folders are given relative to the report
+
+
+def test_the_best_mean_of_each_column_is_marked(report, tiny_comparison) -> None:
+    table = html.unescape(_table(report.read_text(), "leaderboard"))
+    runs = load_runs(tiny_comparison)
+    marked = re.findall(r'<td class="best"[^>]*>([^<]+)</td>', table)
+    assert len(marked) >= len(METRICS) + 2
+    best_map = max(
+        statistics.fmean(r.summary["metrics"]["map_at_r"] for r in runs if r.combination == c)
+        for c in COMBINATIONS
+    )
+    assert any(cell.startswith(f"{best_map:.4f} ±") for cell in marked)
+    fastest = min(
+        statistics.fmean(r.summary["train_seconds"] for r in runs if r.combination == c) for c in COMBINATIONS
+    )
+    assert any(cell.startswith(f"{fastest:.1f} ±") for cell in marked)
+
+
+def test_the_pair_shows_seed_wins_and_an_undecided_verdict_for_two_seeds(report, tiny_comparison) -> None:
+    table = html.unescape(_table(report.read_text(), "pairs"))
+    by_seed = {
+        c: {
+            r.seed: r.summary["metrics"]["map_at_r"] for r in load_runs(tiny_comparison) if r.combination == c
+        }
+        for c in COMBINATIONS
+    }
+    first = table.index(COMBINATIONS[0]) < table.index(COMBINATIONS[1])
+    a, b = COMBINATIONS if first else COMBINATIONS[::-1]
+    wins = seed_wins([by_seed[a][s] - by_seed[b][s] for s in (0, 1)])
+    assert f"<td>{wins.wins} : {wins.losses}</td>" in table
+    assert "undecided: 2 seeds cannot reach p &lt; 0.05" in html.escape(table)
+
+
+def test_the_embedded_images_decode(report) -> None:
+    images = PNG.findall(report.read_text())
+    # the curves, then per combination two retrieval grids and an embedding map
+    assert len(images) == 1 + 3 * len(COMBINATIONS)
+    for data in images:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            image.verify()
+            assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_a_single_run_folder_without_a_snapshot_still_gets_a_report(tiny_comparison, tmp_path) -> None:
+    [finished] = list((tiny_comparison / "runs").glob("*MultiSimilarity*/seed-1"))
+    run_dir = shutil.copytree(finished, tmp_path / "run")
+    (run_dir / "retrieval.npz").unlink()  # as in a run trained before runs saved a snapshot
+    page = build_report(run_dir, ReportOptions(map_method="pca")).read_text()
+    assert "One combination: there is nothing to compare." in page
+    assert "has no retrieval snapshot" in page
+    assert len(PNG.findall(page)) == 1  # the curves
+
+
+def test_the_report_command_refuses_an_unknown_map_and_a_folder_without_runs(
+    tiny_comparison, tmp_path
+) -> None:
+    bad = CliRunner().invoke(app, ["report", str(tiny_comparison), "--map-method", "mds"])
+    assert bad.exit_code == 2 and "auto, umap, tsne, pca" in bad.output
+    missing = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert missing.exit_code == 2 and "comparison.json" in missing.output
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("Debian's chromium is not installed (make browser)")
+    with playwright_api.sync_playwright() as driver:
+        chromium = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def test_the_report_opens_offline_in_chromium_without_errors_or_broken_images(
+    report, browser, tmp_path
+) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    outside: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda r: None if r.url.startswith(("file:", "data:")) else outside.append(r.url))
+    page.goto(report.as_uri())
+    widths = page.evaluate("Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+    assert len(widths) == 1 + 3 * len(COMBINATIONS) and all(w > 0 for w in widths)
+    assert errors == [] and outside == []
+    assert page.locator("#leaderboard tbody tr").count() == len(COMBINATIONS)
+    shot = tmp_path / "report.png"
+    page.screenshot(path=str(shot), full_page=True)
+    with Image.open(shot) as image:
+        assert image.size[0] == 1280 and image.size[1] > 2000  # no sideways overflow; the whole page
