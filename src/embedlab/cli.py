@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.console import Console
 
 from embedlab.config import ConfigError, load_config, parse_grid_option, read_yaml
+
+if TYPE_CHECKING:
+    from embedlab.reporting.embedding_map import MapMethod
 
 app = typer.Typer(
     add_completion=False,
@@ -43,7 +46,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run folder.")] = False,
 ) -> None:
-    """Train one model and write its run folder (checkpoints, metrics.csv, summary.json)."""
+    """Train one model and write its run folder (checkpoints, metrics.csv, summary.json, curves.png)."""
+    from embedlab.reporting.curves import write_run_curves
     from embedlab.training.fit import fit
 
     try:
@@ -56,6 +60,7 @@ def train(
         f"trained in {result.summary['train_seconds']:.1f} s "
         f"({result.summary['images_per_second']:.0f} images/s); run folder: {result.run_dir}"
     )
+    console.print(f"curves: {write_run_curves(result.run_dir)}")
 
 
 @app.command()
@@ -120,6 +125,7 @@ def compare(
 
 def _run_comparison(raw: dict, out: Path, axes: list, seeds: int) -> None:
     from embedlab.reporting.leaderboard import leaderboard_table
+    from embedlab.reporting.report import build_report
     from embedlab.training.compare import compare as run_compare
 
     def announce(label: str, seed: int, run_dir: Path) -> None:
@@ -131,6 +137,7 @@ def _run_comparison(raw: dict, out: Path, axes: list, seeds: int) -> None:
         raise _fail(str(error)) from None
     console.print(leaderboard_table(comparison.rows, comparison.metrics))
     console.print(f"leaderboard: {comparison.markdown_path} and {comparison.csv_path}")
+    console.print(f"report: {build_report(out)}")
 
 
 @app.command()
@@ -141,6 +148,24 @@ def demo(
     """The founding comparison: one model, four metric losses, on Fashion-MNIST."""
     raw = read_yaml(packaged_config(DEMO_CONFIG))
     _run_comparison(raw, out, [], seeds)
+
+
+@app.command()
+def report(
+    folder: Annotated[Path, typer.Argument(help="A comparison folder (compare, demo) or a run folder.")],
+    map_method: Annotated[
+        str, typer.Option(help="Embedding map: auto (UMAP if installed, else t-SNE), umap, tsne or pca.")
+    ] = "auto",
+) -> None:
+    """(Re)build FOLDER/report.html: leaderboard, paired tests over seeds, curves, retrieval grids, maps."""
+    from embedlab.reporting.report import ReportOptions, build_report
+
+    try:
+        # build_report checks the method name and lists the valid ones.
+        path = build_report(folder, ReportOptions(map_method=cast("MapMethod", map_method)))
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        raise _fail(str(error)) from None
+    console.print(f"report: {path}")
 
 
 def _print_metrics(metrics: dict[str, float], title: str) -> None:
