@@ -8,6 +8,7 @@ RUN_DIR/
   summary.json         the final metrics under their METRICS.md names, times, versions
   retrieval.npz        the last epoch's query embeddings and top-k neighbours, for reports (snapshot.py)
   checkpoints/best.ckpt, checkpoints/last.ckpt   written atomically
+  logs/                TensorBoard, CSV and (when installed) MLflow logs (loggers.py)
 """
 
 from __future__ import annotations
