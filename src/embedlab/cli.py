@@ -72,7 +72,10 @@ def evaluate(
     query_labels: Annotated[Path | None, typer.Option(help="Query labels (N,) .npy.")] = None,
     gallery_embeddings: Annotated[Path | None, typer.Option(help="Gallery embeddings (M, D) .npy.")] = None,
     gallery_labels: Annotated[Path | None, typer.Option(help="Gallery labels (M,) .npy.")] = None,
-    groups: Annotated[Path | None, typer.Option(help="Ignore groups of the query set (N,) .npy.")] = None,
+    groups: Annotated[
+        Path | None,
+        typer.Option(help="Ignore groups .npy: (Nq,) without a gallery, else (Nq+Ng,) queries first."),
+    ] = None,
     metrics: Annotated[str | None, typer.Option(help="Comma-separated metric names.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
