@@ -54,6 +54,11 @@ def test_the_figure_has_a_row_per_column_and_a_line_per_combination_on_both_axes
     assert lines[(12.0, 20.0)] == pytest.approx((0.4, 0.7))
     assert lines[(5.0, 9.0)] == pytest.approx((0.6, 0.65))
     assert [t.get_text() for t in figure.legends[0].get_texts()] == ["a", "b"]
+    # every loss is positive, so the loss axes are logarithmic; the metric axes are not
+    assert [a.get_yscale() for a in axes] == ["log", "log", "linear", "linear"]
+    # a combination keeps its colour from panel to panel
+    colours = [{line.get_color() for line in a.get_lines()} for a in axes]
+    assert colours[0] == colours[3] == {"C0", "C1"}
 
 
 def test_one_epoch_is_drawn_as_a_point_with_its_seed_range() -> None:

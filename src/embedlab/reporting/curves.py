@@ -105,11 +105,19 @@ def plot_curves(runs: Sequence[RunRecord], metrics: Sequence[str]) -> Figure:
     handles: dict[str, Artist] = {}
     for row, column in enumerate(columns):
         by_epoch, by_time = grid[row]
-        for index, curve in enumerate(aggregate_curves(runs, column)):
-            colour = f"C{index % 10}"  # matplotlib's default cycle (tab10)
+        curves = aggregate_curves(runs, column)
+        for curve in curves:
+            # matplotlib's default cycle (tab10), fixed per combination so every panel agrees
+            colour = f"C{combinations.index(curve.combination) % 10}"
             handles[curve.combination] = _draw(by_epoch, curve.epoch, curve, colour)
             _draw(by_time, curve.seconds, curve, colour)
-        label = f"{column} (each loss on its own scale)" if column == LOSS_COLUMN else column
+        label = column
+        if column == LOSS_COLUMN and curves and all((c.low > 0).all() for c in curves):
+            # Losses of different functions differ by orders of magnitude; a log axis shows each
+            # one's relative decrease instead of flattening the small ones.
+            by_epoch.set_yscale("log")
+            by_time.set_yscale("log")
+            label = f"{column} (log scale)"
         by_epoch.set_title(f"{label} by epoch", fontsize=10)
         by_time.set_title(f"{label} by training time", fontsize=10)
         by_epoch.set_xlabel("epochs trained")

@@ -131,7 +131,8 @@ def _note(text: str) -> str:
 
 def _table(head: Sequence[str], rows: Sequence[str], numbers: bool = True) -> str:
     """A table of escaped header names and ready <tr> rows; `numbers` right-aligns cells not named."""
-    header = "".join(f"<th>{_e(name)}</th>" for name in head)
+    # Long column names such as images_per_second may break after an underscore.
+    header = "".join(f"<th>{_e(name).replace('_', '_<wbr>')}</th>" for name in head)
     kind = ' class="numbers"' if numbers else ""
     table = f"<table{kind}><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     return f'<div class="scroll">{table}</div>'
@@ -156,7 +157,9 @@ def _leaderboard_section(rows: Sequence[LeaderboardRow], metrics: Sequence[str])
         for column in columns:
             marked = len(rows) > 1 and row.mean(column) == best[column]
             attributes = ' class="best" title="best in this column"' if marked else ""
-            cells.append(f"<td{attributes}>{_e(format_cell(row, column))}</td>")
+            # A narrow window may wrap a cell before its "±", never inside "± 0.0012".
+            text = _e(format_cell(row, column)).replace("± ", "±&nbsp;")
+            cells.append(f"<td{attributes}>{text}</td>")
         lines.append(f"<tr>{''.join(cells)}</tr>")
     return (
         '<section id="leaderboard"><h2>Leaderboard</h2>'
@@ -220,7 +223,7 @@ def _curves_section(runs: Sequence[RunRecord], metrics: Sequence[str]) -> str:
         + _note(
             "Validation metrics after each validated epoch, by epochs trained (left) and by cumulative "
             "training seconds (right). Lines: mean over seeds; bands and bars: lowest to highest seed. "
-            "Training losses of different loss functions are on different scales."
+            "Training losses of different loss functions are on different scales: compare their shapes."
         )
         + "</section>"
     )
@@ -348,7 +351,7 @@ _NAV = (
 _CSS = """
 body { margin: 0; background: #f5f6f8; color: #1d2330;
        font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; }
-main { max-width: 1180px; margin: 0 auto; padding: 20px 28px 60px; }
+main { max-width: 1240px; margin: 0 auto; padding: 20px 24px 60px; }
 header h1 { margin: 8px 0 2px; font-size: 24px; }
 header p { margin: 0 0 10px; color: #5b6270; }
 nav a { margin-right: 16px; color: #2b5d9c; text-decoration: none; }
@@ -358,11 +361,12 @@ h2 { font-size: 18px; margin: 4px 0 12px; }
 h3 { font-size: 15px; margin: 18px 0 6px; }
 h3 small { color: #5b6270; font-weight: normal; }
 table { border-collapse: collapse; margin: 4px 0 8px; }
-th, td { padding: 4px 10px; border-bottom: 1px solid #eceef2; text-align: left; vertical-align: top; }
+th, td { padding: 4px 8px; border-bottom: 1px solid #eceef2; text-align: left; vertical-align: top; }
 th { background: #f0f2f5; font-weight: 600; font-size: 13px; }
 .scroll { overflow-x: auto; }
-table.numbers td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-table.numbers td.name { text-align: left; white-space: normal; }
+table.numbers { font-size: 13px; }
+table.numbers td { text-align: right; font-variant-numeric: tabular-nums; }
+table.numbers td.name { text-align: left; }
 td.best { font-weight: 700; background: #e3f4e8; color: #0f5c2a; }
 .note { color: #5b6270; font-size: 13px; max-width: 980px; }
 img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
