@@ -20,7 +20,7 @@ from embedlab.reporting.report import ReportOptions, build_report
 from embedlab.reporting.runs import load_runs
 from embedlab.reporting.statistics import seed_wins
 
-from .conftest import COMBINATIONS
+from .conftest import COMBINATIONS, printed
 
 METRICS = ("precision_at_1", "recall_at_5", "r_precision", "map_at_r", "map")
 PNG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -42,7 +42,7 @@ def report(tiny_comparison: Path) -> Path:
     """The report, built by `embedlab report` (PCA keeps it quick; t-SNE is tested on its own)."""
     result = CliRunner().invoke(app, ["report", str(tiny_comparison), "--map-method", "pca"])
     assert result.exit_code == 0, result.output
-    assert f"report: {tiny_comparison / 'report.html'}" in " ".join(result.output.split())
+    assert f"report:{tiny_comparison / 'report.html'}" in printed(result.output)
     return tiny_comparison / "report.html"
 
 
