@@ -23,6 +23,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from PIL import Image
 
+from embedlab.atomic import atomic_write_text
 from embedlab.data.splits import DataSplits, prepare_data
 from embedlab.reporting.curves import plot_curves
 from embedlab.reporting.embedding_map import (
@@ -37,7 +38,6 @@ from embedlab.reporting.grids import check_images_match, retrieval_grid, sample_
 from embedlab.reporting.leaderboard import COST_COLUMNS, LeaderboardRow, build_leaderboard, format_cell
 from embedlab.reporting.runs import RunRecord, leaderboard_metrics, load_runs
 from embedlab.reporting.statistics import compare_pairs
-from embedlab.training.run_dir import atomic_write_text
 
 REPORT_FILE = "report.html"
 #: Packages whose versions the report itself depends on (the runs record their own in summary.json).

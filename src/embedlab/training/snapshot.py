@@ -20,13 +20,12 @@ item of its ignore group, and a CSV's `is_query` / `is_gallery` roles pick who s
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from embedlab.atomic import atomic_write
 from embedlab.data.images import LabelledImages
 from embedlab.retrieval.knn import search
 
@@ -147,17 +146,8 @@ def take_snapshot(
 
 def write_snapshot(path: Path, snapshot: RetrievalSnapshot) -> None:
     """Write the snapshot to `path` (.npz, uncompressed: fast to write) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            np.savez(stream, **{f.name: np.asarray(getattr(snapshot, f.name)) for f in fields(snapshot)})
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    arrays = {f.name: np.asarray(getattr(snapshot, f.name)) for f in fields(snapshot)}
+    atomic_write(path, lambda stream: np.savez(stream, **arrays))
 
 
 def read_snapshot(path: Path) -> RetrievalSnapshot:
