@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,3 +60,34 @@ QUICK_DIGITS = [
     "model.embedding_dim=16",
     "loss={name: ContrastiveLoss}",
 ]
+
+
+#: Debian's Chromium drives the browser tests through Playwright; nothing downloads a browser build.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """A headless Chromium (Playwright's Browser), closed after the module; skips without Chromium.
+
+    Module scope, not session: Playwright's sync API refuses a second driver while one is running.
+    """
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("Debian's chromium is not installed (make browser)")
+    with playwright_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -8,7 +8,6 @@ import io
 import re
 import shutil
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,17 +23,6 @@ from .conftest import COMBINATIONS, printed
 
 METRICS = ("precision_at_1", "recall_at_5", "r_precision", "map_at_r", "map")
 PNG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -128,23 +116,10 @@ def test_the_report_command_refuses_an_unknown_map_and_a_folder_without_runs(
     assert missing.exit_code == 2 and "comparison.json" in missing.output
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).is_file():
-        pytest.skip("Debian's chromium is not installed (make browser)")
-    with playwright_api.sync_playwright() as driver:
-        chromium = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 def test_the_report_opens_offline_in_chromium_without_errors_or_broken_images(
-    report, browser, tmp_path
+    report, chromium, tmp_path
 ) -> None:
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = chromium.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
     outside: list[str] = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
