@@ -113,3 +113,23 @@ def test_values_a_loss_logs_reach_the_history(tmp_path) -> None:
     with (tmp_path / "run" / "metrics.csv").open() as stream:
         [row] = list(csv.DictReader(stream))
     assert float(row["loss/scale"]) > 0
+
+
+def test_last_checkpoint_is_written_on_epochs_without_validation(tmp_path, monkeypatch) -> None:
+    from embedlab.training.callbacks import RetrievalValidation
+
+    seen: list[int] = []
+    original = RetrievalValidation.on_train_epoch_start
+
+    def record(self, trainer, pl_module) -> None:
+        last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            seen.append(int(torch.load(last, weights_only=True)["epoch"]))
+        original(self, trainer, pl_module)
+
+    monkeypatch.setattr(RetrievalValidation, "on_train_epoch_start", record)
+    cfg, _ = load_config(
+        None, [*DIGITS, "train.epochs=3", "train.max_steps_per_epoch=2", "train.eval_every_n_epochs=3"]
+    )
+    fit(cfg, tmp_path / "run", progress=False)
+    assert seen == [0, 1]  # resumable from each epoch, though only the last was validated

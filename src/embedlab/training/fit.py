@@ -128,13 +128,20 @@ def fit(
         cfg.train.eval_every_n_epochs,
         snapshot_path=out_dir / SNAPSHOT_FILE,
     )
-    checkpoints = ModelCheckpoint(
+    best_checkpoint = ModelCheckpoint(
         dirpath=out_dir / CHECKPOINT_DIR,
         filename=BEST_CHECKPOINT.removesuffix(".ckpt"),
         monitor=f"val/{cfg.train.monitor}",
         mode="max",
         save_top_k=1,
-        save_last=True,
+        enable_version_counter=False,
+    )
+    # A checkpoint of its own for the latest epoch: Lightning's save_last follows the monitored saves,
+    # so it would skip the epochs between validations, which are the ones a killed run resumes from.
+    last_checkpoint = ModelCheckpoint(
+        dirpath=out_dir / CHECKPOINT_DIR,
+        filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
+        save_top_k=1,
         enable_version_counter=False,
     )
     trainer = L.Trainer(
@@ -143,7 +150,7 @@ def fit(
         devices=1,
         precision=cfg.train.precision,
         logger=run_loggers(out_dir, cfg.model_dump(mode="json", exclude={"grid"})),
-        callbacks=[validation, checkpoints],
+        callbacks=[validation, best_checkpoint, last_checkpoint],
         plugins=[AtomicCheckpointIO()],
         limit_train_batches=cfg.train.max_steps_per_epoch or 1.0,
         num_sanity_val_steps=0,
