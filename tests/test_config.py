@@ -112,3 +112,13 @@ def test_default_validation_metrics_are_the_evaluation_defaults() -> None:
     from embedlab.evaluation import DEFAULT_METRICS
 
     assert ExperimentConfig().train.metrics == list(DEFAULT_METRICS)
+
+
+def test_grid_label_names_the_miner_of_a_loss_block() -> None:
+    block = {
+        "name": "TripletMarginLoss",
+        "margin": 0.1,
+        "miner": {"name": "MultiSimilarityMiner", "epsilon": 0.1},
+    }
+    [(label, _)] = list(expand_grid({"grid": {"loss": [block]}}))
+    assert label == "loss=TripletMarginLoss(margin=0.1) mined by MultiSimilarityMiner(epsilon=0.1)"

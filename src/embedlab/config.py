@@ -97,6 +97,14 @@ class MinerConfig(BaseModel):
     def kwargs(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    def label(self) -> str:
+        return _call_label(self.name, self.kwargs())
+
+
+def _call_label(name: str, kwargs: Mapping[str, Any]) -> str:
+    args = ", ".join(f"{key}={value}" for key, value in kwargs.items())
+    return f"{name}({args})" if args else name
+
 
 class LossConfig(BaseModel):
     """A loss by name with its own keyword arguments beside `name`.
@@ -115,8 +123,8 @@ class LossConfig(BaseModel):
         return dict(self.model_extra or {})
 
     def label(self) -> str:
-        args = ", ".join(f"{key}={value}" for key, value in self.kwargs().items())
-        return f"{self.name}({args})" if args else self.name
+        text = _call_label(self.name, self.kwargs())
+        return text if self.miner is None else f"{text} mined by {self.miner.label()}"
 
 
 class OptimizerConfig(_Section):
