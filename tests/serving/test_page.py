@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,30 +10,12 @@ import pytest
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 @pytest.fixture(scope="module")
-def page(server) -> Iterator[object]:
-    if not Path(CHROMIUM).is_file():
-        pytest.skip("Debian's chromium is not installed (make browser)")
-    with playwright_api.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            tab = browser.new_page(viewport={"width": 1200, "height": 800})
-            yield tab
-        finally:
-            browser.close()
+def page(server, chromium) -> Iterator[object]:
+    tab = chromium.new_page(viewport={"width": 1200, "height": 800})
+    yield tab
+    tab.close()
 
 
 def _open(page, server) -> None:
