@@ -41,8 +41,9 @@ class Preprocess(nn.Module):
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return preprocess(images, self.channels, self.size, self.mean, self.std)
+    def forward(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """size: resize to this side instead of the trained input size (multi-scale inference)."""
+        return preprocess(images, self.channels, size or self.size, self.mean, self.std)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, size={self.size}"

@@ -34,10 +34,18 @@ class Embedder(nn.Module):
     def embedding_dim(self) -> int:
         return int(self.neck.linear.out_features)
 
+    def unnormalised(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Raw images (B, C, H, W) -> the neck's output (B, D) before L2 normalisation.
+
+        size: the side the images are resized to (default: the trained input size); test-time
+        augmentation averages these vectors over views and scales before normalising.
+        """
+        features = self.backbone(self.preprocess(images, size))
+        return self.neck(self.pooling(features)).float()
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Raw images (B, C, H, W) -> unit-length embeddings (B, D)."""
-        features = self.backbone(self.preprocess(images))
-        return F.normalize(self.neck(self.pooling(features)).float(), dim=-1)
+        return F.normalize(self.unnormalised(images), dim=-1)
 
 
 def _normalisation(backbone: Backbone, channels: int) -> tuple[list[float], list[float]]:
