@@ -455,3 +455,54 @@ def test_metrics_table_lists_every_metric_and_the_counts() -> None:
     text = console.export_text()
     for name in [*DEFAULT_METRICS, "n_queries", "n_queries_without_positives"]:
         assert name in text
+
+
+# ------------------------------------------------------------------- transformed galleries, rescoring
+
+
+def test_exclude_self_with_a_copy_of_the_queries_equals_the_search_in_itself() -> None:
+    x = tie_heavy(50, seed=8)
+    rng = np.random.default_rng(8)
+    labels, groups = rng.integers(0, 4, 50), rng.integers(0, 12, 50)
+    in_itself = evaluate_retrieval(x, labels, metrics=ALL_METRICS, query_groups=groups)
+    copy = evaluate_retrieval(
+        x,
+        labels,
+        x.copy(),
+        labels,
+        metrics=ALL_METRICS,
+        query_groups=groups,
+        gallery_groups=groups,
+        exclude_self=True,
+    )
+    assert copy.metrics == in_itself.metrics
+    assert copy.n_queries_without_positives == in_itself.n_queries_without_positives
+    with pytest.raises(ValueError, match="exclude_self=True needs a separate gallery"):
+        evaluate_retrieval(x, labels, exclude_self=True)
+    with pytest.raises(ValueError, match="50 queries and 10 gallery items"):
+        evaluate_retrieval(x, labels, x[:10], labels[:10], exclude_self=True)
+
+
+def test_rescore_changes_the_ranking_before_metrics_and_keeps_exclusions() -> None:
+    x = tie_heavy(40, seed=9)
+    labels = np.random.default_rng(9).integers(0, 3, 40)
+    seen: list[tuple[int, int]] = []
+
+    def reversed_order(similarities: np.ndarray, start: int, stop: int) -> None:
+        assert np.isneginf(similarities[np.arange(stop - start), np.arange(start, stop)]).all()
+        seen.append((start, stop))
+        finite = np.isfinite(similarities)
+        similarities[finite] = -similarities[finite]
+
+    # Negating the similarities ranks like negated embeddings against the original gallery.
+    result = evaluate_retrieval(
+        x, labels, metrics=ALL_METRICS, rescore=reversed_order, max_memory_bytes=40 * 12 * 8
+    )
+    own = np.arange(40)  # a group per item hides each item from itself in the reference
+    expected, _, _ = reference(
+        -x, labels, x, labels, query_groups=own, gallery_groups=own, metrics=ALL_METRICS
+    )
+    assert_matches(result.metrics, expected)
+    assert seen[0][0] == 0 and seen[-1][1] == 40 and len(seen) > 1
+    with pytest.raises(ValueError, match="re-ranking needs method='exact'"):
+        evaluate_retrieval(x, labels, rescore=reversed_order, method="hnsw", metrics="precision_at_1")

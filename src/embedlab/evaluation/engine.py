@@ -23,9 +23,9 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -404,6 +404,16 @@ def _relevance_ranks(indices: np.ndarray, codes: np.ndarray, labels: _LabelIndex
 # ------------------------------------------------------------------------------------------ engine
 
 
+class Rescorer(Protocol):
+    """Changes a block of query-gallery similarities in place before it is ranked: a re-ranking.
+
+    similarities: (stop - start, Ng) float32 rows of queries[start:stop], excluded entries at -inf
+    (they must stay -inf). Larger values rank first; the tie rule is unchanged.
+    """
+
+    def __call__(self, similarities: np.ndarray, start: int, stop: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class _Options:
     specs: tuple[MetricSpec, ...]
@@ -414,6 +424,7 @@ class _Options:
     method: SearchMethod
     num_threads: int
     index_options: IndexOptions | None
+    rescore: Rescorer | None = None
 
 
 def _evaluate_prepared(
@@ -448,6 +459,8 @@ def _evaluate_prepared(
             bytes_per_similarity=_RANKING_BYTES_PER_SIMILARITY,
         ):
             start, stop = block.start, block.stop
+            if options.rescore is not None:
+                options.rescore(block.similarities, start, stop)
             n_positives[start:stop] = _positive_counts(codes, labels, exclusions, start, stop)
             ranks = _block_ranks(
                 block.similarities,
@@ -463,6 +476,8 @@ def _evaluate_prepared(
                 "ranked queries up to %d of %d (%.1f s)", stop, n_queries, time.perf_counter() - began
             )
     else:
+        if options.rescore is not None:
+            raise ValueError(f"re-ranking needs method='exact', got method={options.method!r}.")
         if plan.needs_all or plan.needs_first:
             raise ValueError(
                 f"metrics 'map' and 'mrr' need the whole ranking, which method={options.method!r} does not "
@@ -586,6 +601,8 @@ class _Inputs:
     gallery_labels: np.ndarray | None
     query_groups: np.ndarray | None
     gallery_groups: np.ndarray | None
+    # The gallery holds the queries' own items (row i is query i): hide each from itself.
+    same_items: bool = False
 
 
 def _validate(
@@ -656,6 +673,8 @@ def evaluate_retrieval(
     method: SearchMethod = "exact",
     num_threads: int | None = None,
     index_options: IndexOptions | None = None,
+    exclude_self: bool = False,
+    rescore: Rescorer | None = None,
 ) -> RetrievalResult:
     """Score retrieval of `query_embeddings` in a gallery with the metrics of METRICS.md.
 
@@ -673,6 +692,10 @@ def evaluate_retrieval(
     queries (inputs not counted). method: "exact", or faiss "hnsw" / "ivf" (then the result carries the
     index's recall against exact search on a sample of 1,000 queries; 'map' and 'mrr' need "exact");
     index_options: their parameters (nlist, nprobe, M, ef). num_threads: threads of the ranking step.
+    exclude_self: with a separate gallery of the queries' own items in the same order (for example the
+    gallery after database-side augmentation), hide gallery item i from query i as in the search of a
+    set in itself. rescore: a re-ranking applied to each block of similarities before it is ranked
+    (see `Rescorer`; exact search only).
 
     Raises ValueError for labels that are not 1-D integers, mismatched lengths or dimensions, NaN or
     infinite embeddings, an empty query set or gallery, and unknown metric names.
@@ -680,6 +703,7 @@ def evaluate_retrieval(
     options = _options(
         metrics, average, without_positives, per_class, max_memory_bytes, method, num_threads, index_options
     )
+    options = replace(options, rescore=rescore)
     inputs = _validate(
         query_embeddings,
         query_labels,
@@ -689,6 +713,14 @@ def evaluate_retrieval(
         gallery_groups,
         similarity,
     )
+    if exclude_self:
+        if inputs.gallery is None or inputs.gallery.shape[0] != inputs.queries.shape[0]:
+            raise ValueError(
+                "exclude_self=True needs a separate gallery holding the queries' own items in the same "
+                f"order, but there are {inputs.queries.shape[0]} queries and "
+                f"{'no' if inputs.gallery is None else inputs.gallery.shape[0]} gallery items."
+            )
+        inputs = replace(inputs, same_items=True)
     return _evaluate_inputs(inputs, options, query_subset=None, gallery_subset=None)
 
 
@@ -711,7 +743,7 @@ def _evaluate_inputs(
     if q_rows.size == 0:
         raise ValueError("the query set is empty; there is nothing to evaluate.")
     exclude_index = None
-    if in_itself:
+    if in_itself or inputs.same_items:
         # The same item may be both a query and a gallery item: hide it from itself by index.
         position = np.full(gallery.shape[0], -1, dtype=np.int64)
         position[g_rows] = np.arange(g_rows.size)

@@ -232,7 +232,7 @@ class Exclusions:
             firsts = self.group_offsets[codes[rows]]
             lengths = self.group_offsets[codes[rows] + 1] - firsts
             rows_parts.append(np.repeat(rows, lengths))
-            cols_parts.append(self.group_members[_concatenated_ranges(firsts, lengths)])
+            cols_parts.append(self.group_members[concatenated_ranges(firsts, lengths)])
         if not rows_parts:
             empty = np.empty(0, dtype=np.int64)
             return empty, empty
@@ -244,7 +244,7 @@ class Exclusions:
         similarities[rows, cols] = -np.inf
 
 
-def _concatenated_ranges(firsts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def concatenated_ranges(firsts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """concatenate([arange(f, f + n) for f, n in zip(firsts, lengths)]) without a Python loop."""
     total = int(lengths.sum())
     if total == 0:

@@ -1,0 +1,119 @@
+"""alpha-query expansion and database-side augmentation (Radenovic et al., "Fine-tuning CNN Image
+Retrieval with No Human Annotation", TPAMI 2018).
+
+Both replace a vector x by x' = normalise(x + sum over x's top-k neighbours n of max(s(x, n), 0)^alpha * n),
+s being cosine similarity; x itself enters with weight 1 (its similarity to itself) and alpha = 0 is plain
+average query expansion. Query expansion does this for each query with its neighbours in the gallery;
+database-side augmentation for each gallery item with its neighbours among the other gallery items, so
+that queries then search the augmented gallery.
+
+Neighbours are taken per row of the vectors being expanded (row i is expanded with row i's neighbours,
+never with the items whose neighbour it is), and an item never uses what is hidden from it: its own row
+when the gallery is the query set, and the items of its ignore group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from embedlab.retrieval.knn import (
+    DEFAULT_MAX_MEMORY_BYTES,
+    as_embedding_matrix,
+    iter_neighbour_blocks,
+    l2_normalize,
+    make_exclusions,
+)
+
+
+def weighted_neighbour_sum(
+    vectors: np.ndarray,
+    database: np.ndarray,
+    similarities: np.ndarray,
+    indices: np.ndarray,
+    alpha: float,
+) -> np.ndarray:
+    """normalise(x + sum_j max(s_j, 0)^alpha * database[indices_j]) for each row x of `vectors`.
+
+    vectors (n, D) unit rows; similarities and indices (n, k) their ranked neighbours in `database`
+    (index -1 where a row has fewer than k).
+    """
+    present = indices >= 0
+    weights = np.where(present, np.power(np.maximum(similarities, 0.0), alpha), 0.0).astype(np.float32)
+    neighbours = database[np.where(present, indices, 0)]
+    return l2_normalize(vectors + np.einsum("nk,nkd->nd", weights, neighbours))
+
+
+def _check_parameters(k: int, alpha: float) -> None:
+    if k < 0:
+        raise ValueError(f"the number of neighbours k must be >= 0, got {k}.")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}.")
+
+
+def _expand(
+    vectors: np.ndarray,
+    database: np.ndarray,
+    k: int,
+    alpha: float,
+    exclusion_arguments: dict[str, Any],
+    max_memory_bytes: int,
+) -> np.ndarray:
+    if k == 0 or database.shape[0] == 0:
+        return vectors.copy()
+    exclusions = make_exclusions(vectors.shape[0], database.shape[0], **exclusion_arguments)
+    expanded = np.empty_like(vectors)
+    for block in iter_neighbour_blocks(
+        vectors, database, min(k, database.shape[0]), exclusions, max_memory_bytes=max_memory_bytes
+    ):
+        expanded[block.start : block.stop] = weighted_neighbour_sum(
+            vectors[block.start : block.stop], database, block.similarities, block.indices, alpha
+        )
+    return expanded
+
+
+def query_expansion(
+    queries: Any,
+    gallery: Any,
+    k: int,
+    alpha: float,
+    *,
+    exclude_self: bool = False,
+    query_groups: Any = None,
+    gallery_groups: Any = None,
+    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+) -> np.ndarray:
+    """alpha-QE: each query (Nq, D) expanded with its top-k neighbours in the gallery (Ng, D).
+
+    exclude_self: gallery row i is query i's own item, not to be used by it. query_groups (Nq,) /
+    gallery_groups (Ng,): ignore-group ids, as in evaluation. Returns unit rows (Nq, D) float32.
+    """
+    _check_parameters(k, alpha)
+    q = l2_normalize(as_embedding_matrix(queries, "queries"))
+    g = l2_normalize(as_embedding_matrix(gallery, "gallery"))
+    exclusion_arguments = {
+        "exclude_self": exclude_self,
+        "query_groups": query_groups,
+        "gallery_groups": gallery_groups,
+    }
+    return _expand(q, g, k, alpha, exclusion_arguments, max_memory_bytes)
+
+
+def database_augmentation(
+    gallery: Any,
+    k: int,
+    alpha: float,
+    *,
+    groups: Any = None,
+    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+) -> np.ndarray:
+    """alpha-DBA: each gallery item (Ng, D) expanded with its top-k neighbours among the others.
+
+    groups (Ng,): ignore-group ids; an item does not use the members of its own group. Returns unit rows
+    (Ng, D) float32, computed from the original gallery (not updated in place row by row).
+    """
+    _check_parameters(k, alpha)
+    g = l2_normalize(as_embedding_matrix(gallery, "gallery"))
+    exclusion_arguments = {"exclude_self": True, "query_groups": groups, "gallery_groups": groups}
+    return _expand(g, g, k, alpha, exclusion_arguments, max_memory_bytes)
