@@ -460,7 +460,7 @@ def test_metrics_table_lists_every_metric_and_the_counts() -> None:
 # ------------------------------------------------------------------- transformed galleries, rescoring
 
 
-def test_exclude_self_with_a_copy_of_the_queries_equals_the_search_in_itself() -> None:
+def test_exclude_index_with_a_copy_of_the_queries_equals_the_search_in_itself() -> None:
     x = tie_heavy(50, seed=8)
     rng = np.random.default_rng(8)
     labels, groups = rng.integers(0, 4, 50), rng.integers(0, 12, 50)
@@ -473,14 +473,21 @@ def test_exclude_self_with_a_copy_of_the_queries_equals_the_search_in_itself() -
         metrics=ALL_METRICS,
         query_groups=groups,
         gallery_groups=groups,
-        exclude_self=True,
+        exclude_index=np.arange(50),
     )
     assert copy.metrics == in_itself.metrics
     assert copy.n_queries_without_positives == in_itself.n_queries_without_positives
-    with pytest.raises(ValueError, match="exclude_self=True needs a separate gallery"):
-        evaluate_retrieval(x, labels, exclude_self=True)
-    with pytest.raises(ValueError, match="50 queries and 10 gallery items"):
-        evaluate_retrieval(x, labels, x[:10], labels[:10], exclude_self=True)
+    # A gallery of the first 30 items: queries 30.. have no own item there.
+    own = np.where(np.arange(50) < 30, np.arange(50), -1)
+    part = evaluate_retrieval(x, labels, x[:30], labels[:30], metrics=ALL_METRICS, exclude_index=own)
+    scenario = evaluate_scenarios(
+        x, labels, scenarios={"first 30": (np.arange(50), np.arange(30))}, metrics=ALL_METRICS
+    )["first 30"]
+    assert part.metrics == scenario.metrics
+    with pytest.raises(ValueError, match="exclude_index needs a separate gallery"):
+        evaluate_retrieval(x, labels, exclude_index=np.arange(50))
+    with pytest.raises(ValueError, match=r"exclude_index values must lie in \[-1, 9\]"):
+        evaluate_retrieval(x, labels, x[:10], labels[:10], exclude_index=np.arange(50))
 
 
 def test_rescore_changes_the_ranking_before_metrics_and_keeps_exclusions() -> None:

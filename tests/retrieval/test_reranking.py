@@ -60,7 +60,7 @@ def test_hand_example_a_reciprocal_neighbour_overtakes_a_nearer_one_way_neighbou
     np.fill_diagonal(similarities, -np.inf)
     before = similarities.copy()
     parameters = KReciprocalParameters(k1=2, k2=1, lambda_value=0.1)
-    KReciprocalReranker(items, items, parameters, same_items=True)(similarities, 0, 5)
+    KReciprocalReranker(items, items, parameters, exclude_index=np.arange(5))(similarities, 0, 5)
     assert list(np.argsort(-before[0])[:4]) == [1, 2, 3, 4]
     assert list(np.argsort(-similarities[0])[:4]) == [2, 1, 3, 4]
     cos_qz = np.cos(np.radians(11))
@@ -75,9 +75,9 @@ def test_hand_example_a_reciprocal_neighbour_overtakes_a_nearer_one_way_neighbou
         labels,
         items,
         labels,
-        exclude_self=True,
+        exclude_index=np.arange(5),
         metrics="precision_at_1",
-        rescore=KReciprocalReranker(items, items, parameters, same_items=True),
+        rescore=KReciprocalReranker(items, items, parameters, exclude_index=np.arange(5)),
     )
     # q's top-1 goes from x (other label) to z (same label).
     assert plain.metrics["precision_at_1"] < reranked.metrics["precision_at_1"]
@@ -102,7 +102,9 @@ def test_blocks_give_the_rows_of_the_whole_and_groups_are_left_out_of_neighbourh
     items = rng.normal(size=(40, 4)).astype(np.float32)
     items /= np.linalg.norm(items, axis=1, keepdims=True)
     parameters = KReciprocalParameters(k1=5, k2=3, lambda_value=0.3)
-    reranker = KReciprocalReranker(items, items, parameters, same_items=True, max_memory_bytes=2000)
+    reranker = KReciprocalReranker(
+        items, items, parameters, exclude_index=np.arange(40), max_memory_bytes=2000
+    )
     whole = items @ items.T
     reranker(whole, 0, 40)
     parts = items @ items.T
@@ -113,7 +115,7 @@ def test_blocks_give_the_rows_of_the_whole_and_groups_are_left_out_of_neighbourh
 
     groups = np.arange(40) // 2
     grouped = KReciprocalReranker(
-        items, items, parameters, same_items=True, query_groups=groups, gallery_groups=groups
+        items, items, parameters, exclude_index=np.arange(40), query_groups=groups, gallery_groups=groups
     )
     # An item's partner (same group) is absent from its neighbour lists, so their vectors, built from
     # lists that never meet through the pair itself, differ from the ungrouped ones.
@@ -128,7 +130,7 @@ def test_memory_stays_far_below_a_dense_matrix_of_the_items() -> None:
     dense_bytes = n * n * 4
     tracemalloc.start()
     reranker = KReciprocalReranker(
-        items, items, KReciprocalParameters(k1=10, k2=3), same_items=True, max_memory_bytes=4 << 20
+        items, items, KReciprocalParameters(k1=10, k2=3), exclude_index=np.arange(n), max_memory_bytes=4 << 20
     )
     block = items[:64] @ items.T
     reranker(block, 0, 64)

@@ -601,8 +601,8 @@ class _Inputs:
     gallery_labels: np.ndarray | None
     query_groups: np.ndarray | None
     gallery_groups: np.ndarray | None
-    # The gallery holds the queries' own items (row i is query i): hide each from itself.
-    same_items: bool = False
+    # Gallery index of each query's own item in a separate gallery, -1 for none.
+    exclude_index: np.ndarray | None = None
 
 
 def _validate(
@@ -673,7 +673,7 @@ def evaluate_retrieval(
     method: SearchMethod = "exact",
     num_threads: int | None = None,
     index_options: IndexOptions | None = None,
-    exclude_self: bool = False,
+    exclude_index: Any = None,
     rescore: Rescorer | None = None,
 ) -> RetrievalResult:
     """Score retrieval of `query_embeddings` in a gallery with the metrics of METRICS.md.
@@ -692,10 +692,10 @@ def evaluate_retrieval(
     queries (inputs not counted). method: "exact", or faiss "hnsw" / "ivf" (then the result carries the
     index's recall against exact search on a sample of 1,000 queries; 'map' and 'mrr' need "exact");
     index_options: their parameters (nlist, nprobe, M, ef). num_threads: threads of the ranking step.
-    exclude_self: with a separate gallery of the queries' own items in the same order (for example the
-    gallery after database-side augmentation), hide gallery item i from query i as in the search of a
-    set in itself. rescore: a re-ranking applied to each block of similarities before it is ranked
-    (see `Rescorer`; exact search only).
+    exclude_index: (Nq,) with a separate gallery, the gallery index of each query's own item, -1 for none;
+    hidden from it as in the search of a set in itself (for example a set searched in its copy after
+    database-side augmentation: numpy.arange(Nq)). rescore: a re-ranking applied to each block of
+    similarities before it is ranked (see `Rescorer`; exact search only).
 
     Raises ValueError for labels that are not 1-D integers, mismatched lengths or dimensions, NaN or
     infinite embeddings, an empty query set or gallery, and unknown metric names.
@@ -713,14 +713,16 @@ def evaluate_retrieval(
         gallery_groups,
         similarity,
     )
-    if exclude_self:
-        if inputs.gallery is None or inputs.gallery.shape[0] != inputs.queries.shape[0]:
+    if exclude_index is not None:
+        if inputs.gallery is None:
             raise ValueError(
-                "exclude_self=True needs a separate gallery holding the queries' own items in the same "
-                f"order, but there are {inputs.queries.shape[0]} queries and "
-                f"{'no' if inputs.gallery is None else inputs.gallery.shape[0]} gallery items."
+                "exclude_index needs a separate gallery; a set searched in itself already hides each "
+                "query's own row."
             )
-        inputs = replace(inputs, same_items=True)
+        own = make_exclusions(
+            inputs.queries.shape[0], inputs.gallery.shape[0], exclude_index=exclude_index
+        ).self_index
+        inputs = replace(inputs, exclude_index=own)
     return _evaluate_inputs(inputs, options, query_subset=None, gallery_subset=None)
 
 
@@ -743,11 +745,12 @@ def _evaluate_inputs(
     if q_rows.size == 0:
         raise ValueError("the query set is empty; there is nothing to evaluate.")
     exclude_index = None
-    if in_itself or inputs.same_items:
-        # The same item may be both a query and a gallery item: hide it from itself by index.
-        position = np.full(gallery.shape[0], -1, dtype=np.int64)
+    if in_itself or inputs.exclude_index is not None:
+        # The same item may be both a query and a gallery item: hide it from itself by index. The extra
+        # last slot maps -1 (no own item) to -1.
+        position = np.full(gallery.shape[0] + 1, -1, dtype=np.int64)
         position[g_rows] = np.arange(g_rows.size)
-        exclude_index = position[q_rows]
+        exclude_index = position[q_rows if in_itself else inputs.exclude_index[q_rows]]
     exclusions = make_exclusions(
         q_rows.size,
         g_rows.size,

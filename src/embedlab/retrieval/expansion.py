@@ -80,13 +80,15 @@ def query_expansion(
     alpha: float,
     *,
     exclude_self: bool = False,
+    exclude_index: Any = None,
     query_groups: Any = None,
     gallery_groups: Any = None,
     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
 ) -> np.ndarray:
     """alpha-QE: each query (Nq, D) expanded with its top-k neighbours in the gallery (Ng, D).
 
-    exclude_self: gallery row i is query i's own item, not to be used by it. query_groups (Nq,) /
+    exclude_self: gallery row i is query i's own item, not to be used by it; exclude_index (Nq,): the
+    gallery index of each query's own item, -1 for none (the general form). query_groups (Nq,) /
     gallery_groups (Ng,): ignore-group ids, as in evaluation. Returns unit rows (Nq, D) float32.
     """
     _check_parameters(k, alpha)
@@ -94,6 +96,7 @@ def query_expansion(
     g = l2_normalize(as_embedding_matrix(gallery, "gallery"))
     exclusion_arguments = {
         "exclude_self": exclude_self,
+        "exclude_index": exclude_index,
         "query_groups": query_groups,
         "gallery_groups": gallery_groups,
     }

@@ -1,10 +1,10 @@
 """k-reciprocal re-ranking (Zhong et al., "Re-ranking Person Re-identification with k-reciprocal
 Encoding", CVPR 2017), on neighbour lists and sparse vectors instead of dense N x N matrices.
 
-The items are the gallery when the queries are searched in themselves, else the queries and the gallery
-together (the method is transductive). With d(x, y) = (1 - cos(x, y)) / 2, the squared Euclidean distance
-of unit vectors over its largest value 4 (the reference divides by each column's maximum instead, which
-makes one item's distances depend on the whole set):
+The items are the gallery plus the queries that are not gallery items themselves (all the queries with a
+separate gallery, none when a set is searched in itself): the method is transductive. With d(x, y) = (1 -
+cos(x, y)) / 2, the squared Euclidean distance of unit vectors over its largest value 4 (the reference
+divides by each column's maximum instead, which makes one item's distances depend on the whole set):
 
 1. N(i, k): item i followed by its k nearest other items. R(i, k) keeps the j in N(i, k) whose own
    N(j, k) contains i (k-reciprocal neighbours).
@@ -135,9 +135,10 @@ def encode(items: np.ndarray, lists: np.ndarray, parameters: KReciprocalParamete
 class KReciprocalReranker:
     """Re-scores the evaluation engine's similarity blocks by k-reciprocal re-ranking (a `Rescorer`).
 
-    queries (Nq, D) and gallery (Ng, D): the unit embeddings the engine ranks. same_items: the gallery
-    is the query set (row i is query i), possibly as transformed copies; the items are then the gallery
-    alone. query_groups / gallery_groups: ignore-group ids (same_items: one array for both).
+    queries (Nq, D) and gallery (Ng, D): the unit embeddings the engine ranks. exclude_index (Nq,): the
+    gallery index of each query's own item, -1 for none (a set searched in itself: numpy.arange(Nq)); such
+    a query is that gallery item in the neighbourhood graph, the other queries are added to it.
+    query_groups / gallery_groups: ignore-group ids.
     """
 
     def __init__(
@@ -146,7 +147,7 @@ class KReciprocalReranker:
         gallery: np.ndarray,
         parameters: KReciprocalParameters,
         *,
-        same_items: bool = False,
+        exclude_index: Any = None,
         query_groups: Any = None,
         gallery_groups: Any = None,
         max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
@@ -154,29 +155,19 @@ class KReciprocalReranker:
         self.parameters = parameters
         self.max_memory_bytes = max_memory_bytes
         n_queries, n_gallery = queries.shape[0], gallery.shape[0]
-        if same_items:
-            if n_queries != n_gallery:
-                raise ValueError(
-                    f"same_items needs as many queries as gallery items, got {n_queries} and {n_gallery}."
-                )
-            items, groups = gallery, gallery_groups
-            query_rows = np.arange(n_queries)
-            gallery_rows = np.arange(n_gallery)
-        else:
-            items = np.concatenate([queries, gallery])
-            groups = (
-                None
-                if query_groups is None
-                else np.concatenate([np.asarray(query_groups), np.asarray(gallery_groups)])
-            )
-            query_rows = np.arange(n_queries)
-            gallery_rows = n_queries + np.arange(n_gallery)
+        own = make_exclusions(n_queries, n_gallery, exclude_index=exclude_index).self_index
+        own = np.full(n_queries, -1, dtype=np.int64) if own is None else own
+        added = np.flatnonzero(own < 0)
+        items = np.concatenate([gallery, queries[added]])
+        query_rows = own.copy()
+        query_rows[added] = n_gallery + np.arange(added.size)
+        groups = None
+        if query_groups is not None:
+            groups = np.concatenate([np.asarray(gallery_groups), np.asarray(query_groups)[added]])
         depth = max(parameters.k1, parameters.k2 - 1)
-        item_groups = None if groups is None else np.asarray(groups)
-        lists = neighbour_lists(items, depth, item_groups, max_memory_bytes)
-        vectors = encode(items, lists, parameters)
+        vectors = encode(items, neighbour_lists(items, depth, groups, max_memory_bytes), parameters)
         self._query_vectors = vectors[query_rows]
-        self._gallery_columns = vectors[gallery_rows].tocsc()
+        self._gallery_columns = vectors[:n_gallery].tocsc()
         self.n_gallery = n_gallery
 
     def overlaps(self, start: int, stop: int) -> np.ndarray:
