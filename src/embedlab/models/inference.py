@@ -9,6 +9,7 @@ from rich.progress import Progress
 from embedlab.data.images import LabelledImages
 from embedlab.data.loaders import eval_batches
 from embedlab.models.embedder import Embedder
+from embedlab.models.tta import TestTimeAugmentation, check_supports, embed_views
 
 
 @torch.inference_mode()
@@ -18,8 +19,14 @@ def embed(
     batch_size: int = 512,
     num_workers: int = 0,
     progress: bool = False,
+    tta: TestTimeAugmentation | None = None,
 ) -> np.ndarray:
-    """Embeddings (N, D) float32 of every image in dataset order; the embedder is left in its mode."""
+    """Embeddings (N, D) float32 of every image in dataset order; the embedder is left in its mode.
+
+    tta: embed several views of each image and average them (see `embedlab.models.tta`).
+    """
+    if tta is not None:
+        check_supports(embedder, tta)
     was_training = embedder.training
     embedder.eval()
     device = next(embedder.parameters()).device
@@ -29,7 +36,9 @@ def embed(
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(f"embedding {images.name}", total=len(loader))
             for batch, _ in loader:
-                chunks.append(embedder(batch.to(device)).float().cpu().numpy())
+                batch = batch.to(device)
+                vectors = embedder(batch) if tta is None else embed_views(embedder, batch, tta)
+                chunks.append(vectors.float().cpu().numpy())
                 bar.advance(task)
     finally:
         embedder.train(was_training)
