@@ -122,3 +122,18 @@ def test_grid_label_names_the_miner_of_a_loss_block() -> None:
     }
     [(label, _)] = list(expand_grid({"grid": {"loss": [block]}}))
     assert label == "loss=TripletMarginLoss(margin=0.1) mined by MultiSimilarityMiner(epsilon=0.1)"
+
+
+def test_dolg_settings_are_checked_where_the_config_is_read() -> None:
+    cfg, _ = load_config(None, ["model.head=dolg", "model.dolg.local_stage=3", "model.dolg.dilations=[2, 4]"])
+    assert (cfg.model.dolg.local_stage, cfg.model.dolg.dilations, cfg.model.dolg.local_dim) == (
+        3,
+        [2, 4],
+        512,
+    )
+    with pytest.raises(ConfigError, match=r"unknown key 'model.dolg.dilation'.*Did you mean 'dilations'"):
+        load_config(None, ["model.dolg.dilation=[3]"])
+    with pytest.raises(ConfigError, match=r"model.dolg.dilations.*1 or more"):
+        load_config(None, ["model.head=dolg", "model.dolg.dilations=[0, 3]"])
+    with pytest.raises(ConfigError, match=r"model.pooling flatten does not fit model.head dolg"):
+        load_config(None, ["model.head=dolg", "model.pooling=flatten"])

@@ -69,6 +69,32 @@ class DataConfig(_Section):
     num_workers: int = Field(0, ge=0, description="data-loading processes for image files")
 
 
+class DOLGConfig(_Section):
+    """The DOLG head (Yang et al., ICCV 2021; models/dolg.py): used when model.head is dolg."""
+
+    local_stage: int = Field(
+        -2,
+        description="the backbone stage whose map feeds the local branch: an index into timm's "
+        "feature_info (a ResNet's are the stem and layer1..layer4), negative counts from the end; "
+        "it must come before the last stage, which feeds the global branch",
+    )
+    local_dim: int = Field(
+        512, gt=0, description="channels of the local branch; the fused vector has twice as many"
+    )
+    dilations: list[int] = Field(
+        default_factory=lambda: [3, 6, 9],
+        min_length=1,
+        description="dilation rates of the multi-atrous block's parallel 3x3 convolutions",
+    )
+
+    @field_validator("dilations")
+    @classmethod
+    def _dilations_positive(cls, value: list[int]) -> list[int]:
+        if any(rate < 1 for rate in value):
+            raise ValueError(f"every dilation rate must be 1 or more, got {value}")
+        return value
+
+
 class ModelConfig(_Section):
     backbone: str = Field("small_cnn", description="a timm model name or small_cnn")
     backbone_args: dict[str, Any] = Field(
@@ -77,8 +103,16 @@ class ModelConfig(_Section):
     )
     pretrained: bool = Field(False, description="timm's pretrained weights (needs a reachable hub)")
     weights_path: str | None = Field(None, description="a local weights file for the backbone")
+    head: Literal["global", "dolg"] = Field(
+        "global",
+        description="global: pooling of the last stage's map; dolg: DOLG's orthogonal fusion of a local "
+        "branch (an intermediate stage) with the pooled last stage (model.dolg; timm backbones only)",
+    )
+    dolg: DOLGConfig = DOLGConfig()
     pooling: Literal["gem", "avg", "max", "flatten"] = Field(
-        "gem", description="global pooling of the feature map; flatten keeps the layout (fixed input size)"
+        "gem",
+        description="global pooling of the feature map (of the global branch with head dolg); flatten "
+        "keeps the layout (fixed input size)",
     )
     gem_p: float = Field(3.0, gt=0.0, description="initial GeM exponent (learned)")
     neck: Literal["bn", "linear"] = Field(
@@ -86,6 +120,15 @@ class ModelConfig(_Section):
     )
     embedding_dim: int = Field(128, gt=0, description="size of the L2-normalised embedding")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the neck's linear layer")
+
+    @model_validator(mode="after")
+    def _dolg_pools_a_vector(self) -> ModelConfig:
+        if self.head == "dolg" and self.pooling == "flatten":
+            raise ValueError(
+                "model.pooling flatten does not fit model.head dolg, whose global branch needs a "
+                "vector: use gem, avg or max"
+            )
+        return self
 
 
 class MinerConfig(BaseModel):

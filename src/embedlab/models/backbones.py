@@ -3,7 +3,9 @@ of pytorch-metric-learning's MNIST example) for 28x28 images.
 
 Every backbone returns a feature map (B, C, H, W) and exposes `num_features` = C; transformer token
 outputs (B, L, C) and channels-last maps (B, H, W, C) are turned into that layout, so pooling and
-necks never need to know the family.
+necks never need to know the family. `StageFeatures` returns the maps of two stages of a timm model
+(an intermediate one and the last), in the same layout, for heads that read more than the last stage
+(DOLG, models/dolg.py).
 """
 
 from __future__ import annotations
@@ -39,19 +41,65 @@ class Backbone(nn.Module):
         self.pretrained_normalisation = normalisation
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.model.forward_features(images)
-        if features.ndim == 4:
-            if getattr(self.model, "output_fmt", "NCHW") == "NHWC":
-                features = features.permute(0, 3, 1, 2)
-            return features
-        if features.ndim == 3:
-            # tokens (B, L, C): drop class/register tokens, lay the patch tokens on their grid
-            prefix = int(getattr(self.model, "num_prefix_tokens", 0))
-            tokens = features[:, prefix:, :]
-            side = math.isqrt(tokens.shape[1])
-            height, width = (side, side) if side * side == tokens.shape[1] else (tokens.shape[1], 1)
-            return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
-        raise ValueError(f"backbone returned features of shape {tuple(features.shape)}; expected 3 or 4 dims")
+        return channels_first(self.model.forward_features(images), self.model)
+
+
+def channels_first(features: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """The (B, C, H, W) map of what `model` returned: (B, C, H, W), (B, H, W, C) or tokens (B, L, C)."""
+    if features.ndim == 4:
+        if getattr(model, "output_fmt", "NCHW") == "NHWC":
+            features = features.permute(0, 3, 1, 2)
+        return features
+    if features.ndim == 3:
+        # tokens (B, L, C): drop class/register tokens, lay the patch tokens on their grid
+        prefix = int(getattr(model, "num_prefix_tokens", 0))
+        tokens = features[:, prefix:, :]
+        side = math.isqrt(tokens.shape[1])
+        height, width = (side, side) if side * side == tokens.shape[1] else (tokens.shape[1], 1)
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+    raise ValueError(f"backbone returned features of shape {tuple(features.shape)}; expected 3 or 4 dims")
+
+
+class StageFeatures(nn.Module):
+    """A timm model built with `features_only`: images -> (local map, last map), each (B, C_i, H_i, W_i).
+
+    `local_channels` and `global_channels` are the two maps' C_i (from timm's feature_info).
+    """
+
+    def __init__(self, model: nn.Module, normalisation: tuple[tuple, tuple] | None) -> None:
+        super().__init__()
+        self.model = model
+        self.local_channels, self.global_channels = (int(c) for c in model.feature_info.channels())
+        self.pretrained_normalisation = normalisation
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        local_map, global_map = self.model(images)
+        return channels_first(local_map, self.model), channels_first(global_map, self.model)
+
+
+def _check_timm_name(name: str) -> None:
+    if not timm.is_model(name):
+        valid = [*LOCAL_BACKBONES, *timm.list_models()]
+        raise ValueError(
+            f"unknown backbone {name!r}.{close_matches_hint(name, valid)} "
+            "Use a timm model name (timm.list_models()) or one of: " + ", ".join(LOCAL_BACKBONES)
+        )
+
+
+def _create_timm_model(
+    name: str, in_chans: int, pretrained: bool, kwargs: Mapping[str, Any], **options: Any
+) -> tuple[nn.Module, tuple[tuple, tuple] | None]:
+    """timm's model `name` with the user's `kwargs` and embedlab's `options`; its pretrained mean and std."""
+    _check_timm_name(name)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **options, **kwargs)
+    except TypeError as error:
+        raise TypeError(
+            f"backbone {name!r} does not take model.backbone_args {dict(kwargs)}: {error}"
+        ) from None
+    config = getattr(model, "pretrained_cfg", {}) or {}
+    mean, std = config.get("mean"), config.get("std")
+    return model, ((tuple(mean), tuple(std)) if mean and std else None)
 
 
 def create_backbone(
@@ -74,21 +122,62 @@ def create_backbone(
         model = LOCAL_BACKBONES[name](in_chans=in_chans, **kwargs)
         normalisation = None
     else:
-        if not timm.is_model(name):
-            valid = [*LOCAL_BACKBONES, *timm.list_models()]
-            raise ValueError(
-                f"unknown backbone {name!r}.{close_matches_hint(name, valid)} "
-                "Use a timm model name (timm.list_models()) or one of: " + ", ".join(LOCAL_BACKBONES)
-            )
-        try:
-            model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kwargs)
-        except TypeError as error:
-            raise TypeError(
-                f"backbone {name!r} does not take model.backbone_args {kwargs}: {error}"
-            ) from None
-        config = getattr(model, "pretrained_cfg", {}) or {}
-        mean, std = config.get("mean"), config.get("std")
-        normalisation = (tuple(mean), tuple(std)) if mean and std else None
+        model, normalisation = _create_timm_model(name, in_chans, pretrained, kwargs, num_classes=0)
     if weights_path is not None:
         load_local_weights(model, weights_path)
     return Backbone(model, int(model.num_features), normalisation)
+
+
+def create_stage_features(
+    name: str,
+    in_chans: int,
+    local_stage: int,
+    pretrained: bool = False,
+    weights_path: str | Path | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+) -> StageFeatures:
+    """Timm model `name` as `StageFeatures`: the maps of stage `local_stage` and of the last stage.
+
+    Stages are the entries of timm's feature_info (for a ResNet: the stem, then layer1 to layer4);
+    `local_stage` counts from 0, or from the end when negative, and must come before the last stage.
+    """
+    if name in LOCAL_BACKBONES:
+        raise ValueError(
+            f"model.head: dolg needs a timm backbone with feature stages; model.backbone {name!r} is "
+            "embedlab's own network. Use a timm model such as resnet18, efficientnet_b0 or convnext_tiny"
+        )
+    kwargs = dict(kwargs or {})
+    try:
+        model, normalisation = _create_timm_model(
+            name, in_chans, pretrained, kwargs, features_only=True, out_indices=(local_stage, -1)
+        )
+    except (IndexError, AssertionError):
+        # timm's own error for a stage out of range differs by family; say it once, with the range
+        stages = _stage_count(name, in_chans, kwargs)
+        if _is_local_stage(local_stage, stages):
+            raise
+        raise ValueError(_stage_range_message(name, local_stage, stages)) from None
+    stages = len(model.feature_info.info)
+    if not _is_local_stage(local_stage, stages):
+        raise ValueError(_stage_range_message(name, local_stage, stages))
+    if weights_path is not None:
+        load_local_weights(model, weights_path)
+    return StageFeatures(model, normalisation)
+
+
+def _is_local_stage(index: int, stages: int) -> bool:
+    """Whether `index` picks a stage before the last one of `stages` (Python's indexing)."""
+    return -stages <= index < stages - 1 and index != -1
+
+
+def _stage_range_message(name: str, local_stage: int, stages: int) -> str:
+    return (
+        f"model.dolg.local_stage {local_stage} is out of range for {name!r}, which has {stages} feature "
+        f"stages: use 0 to {stages - 2}, or -{stages} to -2 counting from the end (the last stage "
+        "feeds the global branch)"
+    )
+
+
+def _stage_count(name: str, in_chans: int, kwargs: Mapping[str, Any]) -> int:
+    model, _ = _create_timm_model(name, in_chans, False, kwargs, features_only=True, out_indices=(-1,))
+    return len(model.feature_info.info)

@@ -2,6 +2,9 @@
 
 It takes raw images, uint8 or 0..255 floats of shape (B, C, H, W), so that a trained embedder, an
 exported ONNX graph and the search server all see pixels the same way.
+
+With `model.head: dolg` the backbone returns two stages' maps and the pooling slot holds the DOLG head
+(models/dolg.py), which fuses them into one vector for the neck.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from torch import nn
 
 from embedlab.config import ModelConfig
 from embedlab.data.transforms import Preprocess
-from embedlab.models.backbones import Backbone, create_backbone
+from embedlab.models.backbones import Backbone, StageFeatures, create_backbone, create_stage_features
+from embedlab.models.dolg import DOLGHead
 from embedlab.models.necks import NECKS
 from embedlab.models.pooling import POOLING
 
@@ -22,7 +26,11 @@ NEUTRAL_MEAN, NEUTRAL_STD = 0.5, 0.5
 
 class Embedder(nn.Module):
     def __init__(
-        self, preprocess: Preprocess, backbone: Backbone, pooling: nn.Module, neck: nn.Module
+        self,
+        preprocess: Preprocess,
+        backbone: Backbone | StageFeatures,
+        pooling: nn.Module,
+        neck: nn.Module,
     ) -> None:
         super().__init__()
         self.preprocess = preprocess
@@ -48,7 +56,7 @@ class Embedder(nn.Module):
         return F.normalize(self.unnormalised(images), dim=-1)
 
 
-def _normalisation(backbone: Backbone, channels: int) -> tuple[list[float], list[float]]:
+def _normalisation(backbone: Backbone | StageFeatures, channels: int) -> tuple[list[float], list[float]]:
     if backbone.pretrained_normalisation is None:
         return [NEUTRAL_MEAN] * channels, [NEUTRAL_STD] * channels
     mean, std = backbone.pretrained_normalisation
@@ -60,9 +68,11 @@ def _normalisation(backbone: Backbone, channels: int) -> tuple[list[float], list
 
 def build_embedder(cfg: ModelConfig, channels: int, image_size: int) -> Embedder:
     """Assemble the embedder the model config describes, for images of `channels` x `image_size`^2."""
+    if cfg.head == "dolg":
+        return _build_dolg_embedder(cfg, channels, image_size)
     backbone = create_backbone(cfg.backbone, channels, cfg.pretrained, cfg.weights_path, cfg.backbone_args)
     mean, std = _normalisation(backbone, channels)
-    pooling = POOLING.build("gem", p=cfg.gem_p) if cfg.pooling == "gem" else POOLING.build(cfg.pooling)
+    pooling = _pooling(cfg)
     preprocess = Preprocess(channels, image_size, mean, std)
     pooled_features = backbone.num_features
     if cfg.pooling == "flatten":
@@ -74,3 +84,19 @@ def build_embedder(cfg: ModelConfig, channels: int, image_size: int) -> Embedder
         pooled_features = int(probe[0].numel())
     neck = NECKS[cfg.neck](pooled_features, cfg.embedding_dim, cfg.dropout)
     return Embedder(preprocess, backbone, pooling, neck)
+
+
+def _pooling(cfg: ModelConfig) -> nn.Module:
+    return POOLING.build("gem", p=cfg.gem_p) if cfg.pooling == "gem" else POOLING.build(cfg.pooling)
+
+
+def _build_dolg_embedder(cfg: ModelConfig, channels: int, image_size: int) -> Embedder:
+    stages = create_stage_features(
+        cfg.backbone, channels, cfg.dolg.local_stage, cfg.pretrained, cfg.weights_path, cfg.backbone_args
+    )
+    mean, std = _normalisation(stages, channels)
+    head = DOLGHead(
+        stages.local_channels, stages.global_channels, cfg.dolg.local_dim, cfg.dolg.dilations, _pooling(cfg)
+    )
+    neck = NECKS[cfg.neck](head.out_features, cfg.embedding_dim, cfg.dropout)
+    return Embedder(Preprocess(channels, image_size, mean, std), stages, head, neck)
