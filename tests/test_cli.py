@@ -51,6 +51,24 @@ def test_train_then_evaluate_the_run(tmp_path: Path, digits_config: Path) -> Non
     summary = json.loads((out / "summary.json").read_text())
     assert payload["precision_at_1"] == pytest.approx(summary["best_metrics"]["precision_at_1"], abs=1e-6)
 
+    steps = run(
+        "evaluate", str(out), "--json", "--metrics", "precision_at_1,map_at_r",
+        "--tta", "flip", "--qe", "2,3", "--rerank", "5,2,0.3",
+    )  # fmt: skip
+    assert steps.returncode == 0, steps.stderr
+    rows = json.loads(steps.stdout)
+    assert [row["step"] for row in rows] == [
+        "model",
+        "tta flip",
+        "qe k=2 alpha=3",
+        "rerank k1=5 k2=2 lambda=0.3",
+    ]
+    assert rows[0]["precision_at_1"] == payload["precision_at_1"]
+    assert all(0.0 <= row["map_at_r"] <= 1.0 and row["scoring_seconds"] > 0 for row in rows)
+    table = run("evaluate", str(out), "--dba", "1,1", "--metrics", "precision_at_1")
+    assert table.returncode == 0, table.stderr
+    assert "+ dba k=1 alpha=1" in table.stdout and "scoring s" in table.stdout
+
 
 def test_unknown_config_key_is_a_clear_error(digits_config: Path, tmp_path: Path) -> None:
     result = run("train", str(digits_config), "--out", str(tmp_path / "x"), "--set", "model.embeding_dim=3")
@@ -73,6 +91,12 @@ def test_evaluate_embeddings_from_npy_files(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["n_queries"] == 30 and 0.0 <= payload["map_at_r"] <= 1.0
+    files = ["--query-embeddings", str(tmp_path / "q.npy"), "--query-labels", str(tmp_path / "ql.npy")]
+    steps = run("evaluate", *files, "--whiten", "3", "--qe", "1,0", "--json")
+    assert steps.returncode == 0, steps.stderr
+    rows = json.loads(steps.stdout)
+    assert [row["step"] for row in rows] == ["embeddings", "whiten 3 on gallery", "qe k=1 alpha=0"]
+    assert rows[0]["map_at_r"] == payload["map_at_r"]
 
 
 def test_label_column_is_refused_naming_the_shape(tmp_path: Path) -> None:
@@ -99,3 +123,27 @@ def test_compare_writes_the_leaderboard(tmp_path: Path, digits_config: Path) -> 
     markdown = (out / "leaderboard.md").read_text()
     assert "loss.name=ContrastiveLoss" in markdown and "loss.name=MultiSimilarityLoss" in markdown
     assert "leaderboard" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--qe", "2"], "--qe takes 2 comma-separated numbers, got '2'"),
+        (["--rerank", "20,6"], "--rerank takes 3 comma-separated numbers"),
+        (["--dba", "1.5,3"], "--dba: K must be a whole number"),
+        (["--tta", "flip"], "--ensemble and --tta embed images with trained models: give a RUN_DIR"),
+        (["--whiten", "2", "--whiten-on", "train"], "needs a run folder"),
+        (["--whiten-on", "test", "--whiten", "2"], "--whiten-on must be gallery or train"),
+    ],
+)
+def test_evaluate_step_options_are_checked(tmp_path: Path, options: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from embedlab.cli import app
+
+    np.save(tmp_path / "q.npy", np.eye(4, dtype=np.float32))
+    np.save(tmp_path / "ql.npy", np.array([0, 0, 1, 1]))
+    files = ["--query-embeddings", str(tmp_path / "q.npy"), "--query-labels", str(tmp_path / "ql.npy")]
+    result = CliRunner().invoke(app, ["evaluate", *files, *options], env={"COLUMNS": "300"})
+    assert result.exit_code == 2
+    assert message in result.output

@@ -3,6 +3,7 @@
 from embedlab.evaluation.engine import (
     DEFAULT_METRICS,
     VALID_METRIC_FORMS,
+    EmbeddingFiles,
     MetricSpec,
     Rescorer,
     RetrievalResult,
@@ -10,6 +11,7 @@ from embedlab.evaluation.engine import (
     evaluate_retrieval,
     evaluate_scenarios,
     format_metrics_table,
+    load_embedding_files,
     parse_metric,
     parse_metrics,
 )
@@ -17,6 +19,7 @@ from embedlab.evaluation.engine import (
 __all__ = [
     "DEFAULT_METRICS",
     "VALID_METRIC_FORMS",
+    "EmbeddingFiles",
     "MetricSpec",
     "Rescorer",
     "RetrievalResult",
@@ -24,6 +27,7 @@ __all__ = [
     "evaluate_retrieval",
     "evaluate_scenarios",
     "format_metrics_table",
+    "load_embedding_files",
     "parse_metric",
     "parse_metrics",
 ]

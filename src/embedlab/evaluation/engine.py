@@ -863,22 +863,30 @@ def _expect_vector(array: np.ndarray, length: int, path: str | Path, what: str) 
         raise ValueError(f"{what} file {str(path)!r} holds shape {array.shape}; expected ({length},).")
 
 
-def evaluate_embedding_files(
+@dataclass(frozen=True)
+class EmbeddingFiles:
+    """The arrays of `embedlab evaluate`'s .npy files, checked (gallery and groups optional)."""
+
+    queries: np.ndarray
+    query_labels: np.ndarray
+    gallery: np.ndarray | None = None
+    gallery_labels: np.ndarray | None = None
+    query_groups: np.ndarray | None = None
+    gallery_groups: np.ndarray | None = None
+
+
+def load_embedding_files(
     query_embeddings_path: str | Path,
     query_labels_path: str | Path,
     gallery_embeddings_path: str | Path | None = None,
     gallery_labels_path: str | Path | None = None,
     groups_path: str | Path | None = None,
-    metrics: Sequence[str] | str | None = None,
-    *,
-    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
-) -> RetrievalResult:
-    """Evaluate embeddings saved as .npy files (for `embedlab evaluate`).
+) -> EmbeddingFiles:
+    """Load and check the .npy files of `embedlab evaluate`.
 
     Query embeddings (Nq, D) and labels (Nq,); optionally gallery embeddings (Ng, D) and labels (Ng,),
     given together; optionally ignore-group ids: (Nq,) without a gallery, or (Nq + Ng,) with one (the
-    query items first, then the gallery items). metrics: names or a comma-separated string; None means
-    DEFAULT_METRICS. Errors name the file and the shape it holds.
+    query items first, then the gallery items). Errors name the file and the shape it holds.
     """
     if (gallery_embeddings_path is None) != (gallery_labels_path is None):
         raise ValueError("give both the gallery embeddings and the gallery labels files, or neither.")
@@ -900,14 +908,32 @@ def evaluate_embedding_files(
         _expect_vector(groups, expected, groups_path, "groups")
         query_groups = groups[:n_query]
         gallery_groups = None if gallery is None else groups[n_query:]
+    return EmbeddingFiles(queries, query_labels, gallery, gallery_labels, query_groups, gallery_groups)
+
+
+def evaluate_embedding_files(
+    query_embeddings_path: str | Path,
+    query_labels_path: str | Path,
+    gallery_embeddings_path: str | Path | None = None,
+    gallery_labels_path: str | Path | None = None,
+    groups_path: str | Path | None = None,
+    metrics: Sequence[str] | str | None = None,
+    *,
+    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+) -> RetrievalResult:
+    """Evaluate embeddings saved as .npy files (for `embedlab evaluate`; the files as in
+    `load_embedding_files`). metrics: names or a comma-separated string; None means DEFAULT_METRICS."""
+    files = load_embedding_files(
+        query_embeddings_path, query_labels_path, gallery_embeddings_path, gallery_labels_path, groups_path
+    )
     return evaluate_retrieval(
-        queries,
-        query_labels,
-        gallery,
-        gallery_labels,
+        files.queries,
+        files.query_labels,
+        files.gallery,
+        files.gallery_labels,
         metrics=DEFAULT_METRICS if metrics is None else metrics,
-        query_groups=query_groups,
-        gallery_groups=gallery_groups,
+        query_groups=files.query_groups,
+        gallery_groups=files.gallery_groups,
         max_memory_bytes=max_memory_bytes,
     )
 

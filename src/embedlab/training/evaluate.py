@@ -1,17 +1,29 @@
-"""Scoring the validation split: after every epoch (the callback) and for a finished run."""
+"""Scoring the validation split: after every epoch (the callback) and for a finished run, alone or
+with ensembles, test-time augmentation and post-processing steps."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from embedlab.data.images import LabelledImages
-from embedlab.data.splits import prepare_data
+from embedlab.data.splits import DataSplits, prepare_data
 from embedlab.evaluation import RetrievalResult, evaluate_retrieval, evaluate_scenarios
+from embedlab.evaluation.steps import (
+    Postprocessing,
+    RetrievalProblem,
+    StepResult,
+    postprocessing_rows,
+    score_step,
+)
 from embedlab.models.inference import embed
-from embedlab.training.run_dir import load_run
+from embedlab.models.tta import TestTimeAugmentation
+from embedlab.retrieval.ensemble import concatenate_embeddings
+from embedlab.training.run_dir import SPLIT_FILE, LoadedRun, load_run, read_json
 
 
 def _numpy(values: object) -> np.ndarray | None:
@@ -66,3 +78,134 @@ def evaluate_run(
         None if data.gallery is None else embed(run.embedder, data.gallery, batch, workers, progress=True)
     )
     return score_validation(query, gallery, data.query, data.gallery, metrics or cfg.train.metrics)
+
+
+# ---------------------------------------------------------------- ensembles, TTA and post-processing
+
+# split.json keys that must agree for runs to be scored on the same validation items.
+_SPLIT_KEYS = ("dataset", "validation_split", "gallery", "seed", "query_images", "validation_classes")
+
+
+@dataclass(frozen=True)
+class EnsembleMember:
+    """Another run whose embeddings join the ensemble, with its weight."""
+
+    run_dir: Path
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> EnsembleMember:
+        """ "RUN_DIR" or "RUN_DIR:WEIGHT" (a colon followed by something other than a number is part of
+        the path)."""
+        path, _, weight = text.rpartition(":")
+        if path:
+            try:
+                return cls(Path(path), float(weight))
+            except ValueError:
+                pass
+        return cls(Path(text))
+
+
+def _check_same_split(primary: Path, member: Path) -> None:
+    ours, theirs = read_json(primary / SPLIT_FILE), read_json(member / SPLIT_FILE)
+    differing = [key for key in _SPLIT_KEYS if ours.get(key) != theirs.get(key)]
+    if differing:
+        raise ValueError(
+            f"ensemble member {member} was trained on another split than {primary} ({SPLIT_FILE} differs in "
+            f"{', '.join(differing)}): its training images may include {primary}'s validation items."
+        )
+
+
+def _problem(
+    data: DataSplits, query_embeddings: np.ndarray, gallery_embeddings: np.ndarray | None
+) -> RetrievalProblem:
+    query, gallery = data.query, data.gallery
+    if gallery is not None:
+        return RetrievalProblem.build(
+            query_embeddings,
+            query.labels.numpy(),
+            gallery_embeddings,
+            gallery.labels.numpy(),
+            query_groups=_numpy(query.groups),
+            gallery_groups=_numpy(gallery.groups),
+        )
+    return RetrievalProblem.build(
+        query_embeddings,
+        query.labels.numpy(),
+        query_groups=_numpy(query.groups),
+        query_rows=None if query.is_query is None else np.flatnonzero(query.is_query.numpy()),
+        gallery_rows=None if query.is_gallery is None else np.flatnonzero(query.is_gallery.numpy()),
+    )
+
+
+@dataclass(frozen=True)
+class _Embedded:
+    queries: np.ndarray
+    gallery: np.ndarray | None
+    seconds: float
+
+
+def _combine(parts: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else concatenate_embeddings(parts, weights)
+
+
+def evaluate_run_steps(
+    run_dir: str | Path,
+    metrics: Sequence[str] | None = None,
+    *,
+    ensemble: Sequence[EnsembleMember] = (),
+    tta: TestTimeAugmentation | None = None,
+    steps: Postprocessing | None = None,
+    which: str = "best",
+) -> list[StepResult]:
+    """Score a run's validation split with each requested step added in turn.
+
+    Rows: the run's model; + the ensemble with the other runs (RUN_DIR has weight 1); + test-time
+    augmentation (of every model); then + whitening, DBA, query expansion, re-ranking (see
+    `embedlab.evaluation.steps`). Each member must have been trained on the same split.
+    """
+    primary = load_run(run_dir, which)
+    for member in ensemble:
+        _check_same_split(primary.run_dir, member.run_dir)
+    runs = [primary] + [load_run(member.run_dir, which) for member in ensemble]
+    weights = [1.0] + [member.weight for member in ensemble]
+    cfg = primary.config
+    data = prepare_data(cfg.data)
+    metric_names = list(metrics or cfg.train.metrics)
+    batch, workers = cfg.train.eval_batch_size, cfg.data.num_workers
+
+    def embed_run(run: LoadedRun, view: TestTimeAugmentation | None) -> _Embedded:
+        began = time.perf_counter()
+        queries = embed(run.embedder, data.query, batch, workers, progress=True, tta=view)
+        gallery = (
+            None if data.gallery is None else embed(run.embedder, data.gallery, batch, workers, tta=view)
+        )
+        return _Embedded(queries, gallery, time.perf_counter() - began)
+
+    def combined(embedded: list[_Embedded]) -> RetrievalProblem:
+        used = weights[: len(embedded)]
+        queries = _combine([e.queries for e in embedded], used)
+        galleries = [e.gallery for e in embedded if e.gallery is not None]
+        return _problem(data, queries, _combine(galleries, used) if galleries else None)
+
+    plain = [embed_run(run, None) for run in runs]
+    rows = [score_step("model", combined(plain[:1]), metric_names, plain[0].seconds)]
+    problem = combined(plain)
+    if ensemble:
+        label = f"ensemble of {len(runs)} runs, weights {', '.join(f'{w:g}' for w in weights)}"
+        rows.append(score_step(label, problem, metric_names, sum(e.seconds for e in plain[1:])))
+    if tta is not None:
+        viewed = [embed_run(run, tta) for run in runs]
+        problem = combined(viewed)
+        rows.append(score_step(f"tta {tta.label()}", problem, metric_names, sum(e.seconds for e in viewed)))
+
+    def train_embeddings() -> np.ndarray:
+        parts = [embed(run.embedder, data.train, batch, workers, tta=tta) for run in runs]
+        return _combine(parts, weights)
+
+    rows.extend(
+        postprocessing_rows(
+            problem, steps or Postprocessing(), metric_names, train_embeddings=train_embeddings
+        )
+    )
+    return rows
