@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from embedlab.serving.index import load_index
+from embedlab.serving.pipeline import EmbeddingPipeline
 from embedlab.serving.searcher import Searcher
 from embedlab.training.run_dir import load_run
 
@@ -59,7 +60,8 @@ def test_search_finds_the_gallery_image_itself_first(server, deployment) -> None
 
 def test_the_server_process_reloads_the_index_as_it_was_built_in_memory(server, deployment) -> None:
     """The index round trip: built in this process, read back from disk by the server's own process."""
-    in_memory = Searcher(deployment.built, load_run(deployment.run_dir).embedder, deployment.index_dir)
+    pipeline = EmbeddingPipeline([load_run(deployment.run_dir).embedder], [1.0])
+    in_memory = Searcher(deployment.built, pipeline, deployment.index_dir)
     queries = [deployment.gallery / "whale_b" / "2.png", deployment.new_identities / "whale_x" / "0.png"]
     for query, expected in zip(queries, in_memory.search_files(queries, 8), strict=True):
         hits = _post(server, query.read_bytes(), k="8").json()["results"]

@@ -11,19 +11,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from embedlab.data.images import ImageFiles
 from embedlab.data.sources import IMAGE_SUFFIXES, read_csv, read_folder
-from embedlab.models.inference import embed
+from embedlab.models.tta import TestTimeAugmentation
+from embedlab.retrieval.expansion import database_augmentation
 from embedlab.serving.index import (
     CheckpointName,
+    ExpansionRecord,
     FaissRecord,
     GalleryIndex,
     GalleryItem,
     IndexManifest,
     ModelRecord,
+    PostprocessingRecord,
     PreprocessingRecord,
     RequestedKind,
     SourceRecord,
@@ -33,7 +35,8 @@ from embedlab.serving.index import (
     utc_now,
     write_index,
 )
-from embedlab.serving.searcher import checkpoint_sha256, load_matching_run
+from embedlab.serving.pipeline import EmbeddingPipeline
+from embedlab.serving.searcher import checkpoint_sha256, load_matching_run, load_pipeline
 from embedlab.training.run_dir import LoadedRun, load_run
 from embedlab.versions import package_versions
 
@@ -99,9 +102,15 @@ def read_gallery(
     return Gallery(images, items, str(first.resolve()))
 
 
-def _embed(run: LoadedRun, images: ImageFiles, batch_size: int | None, progress: bool) -> np.ndarray:
-    batch = batch_size or run.config.train.eval_batch_size
-    return embed(run.embedder, images, batch, run.config.data.num_workers, progress=progress)
+def _model_record(run: LoadedRun, which: CheckpointName, weight: float = 1.0) -> ModelRecord:
+    return ModelRecord(
+        run_dir=str(run.run_dir.resolve()),
+        checkpoint=which,
+        checkpoint_sha256=checkpoint_sha256(run.checkpoint_path),
+        backbone=run.config.model.backbone,
+        embedding_dim=run.embedder.embedding_dim,
+        weight=weight,
+    )
 
 
 def new_manifest(run: LoadedRun, which: CheckpointName, kind: RequestedKind, n_items: int) -> IndexManifest:
@@ -112,13 +121,7 @@ def new_manifest(run: LoadedRun, which: CheckpointName, kind: RequestedKind, n_i
         created_at=now,
         updated_at=now,
         versions=package_versions(),
-        model=ModelRecord(
-            run_dir=str(run.run_dir.resolve()),
-            checkpoint=which,
-            checkpoint_sha256=checkpoint_sha256(run.checkpoint_path),
-            backbone=run.config.model.backbone,
-            embedding_dim=run.embedder.embedding_dim,
-        ),
+        model=_model_record(run, which),
         preprocessing=PreprocessingRecord(
             channels=preprocess.channels,  # type: ignore[arg-type]  # an int; pydantic checks it is 1 or 3
             image_size=preprocess.size,
@@ -127,6 +130,30 @@ def new_manifest(run: LoadedRun, which: CheckpointName, kind: RequestedKind, n_i
         ),
         faiss=FaissRecord(kind=choose_kind(kind, n_items), requested_kind=kind),
     )
+
+
+@dataclass(frozen=True)
+class IndexSteps:
+    """What an index adds to its model: ensemble members (run folder, weight), test-time views, PCA
+    whitening learned on the gallery, database-side augmentation of the gallery, query expansion."""
+
+    ensemble: Sequence[tuple[Path, float]] = ()
+    tta: TestTimeAugmentation | None = None
+    whiten_dim: int | None = None
+    dba: tuple[int, float] | None = None
+    qe: tuple[int, float] | None = None
+
+    def record(self) -> PostprocessingRecord:
+        def expansion(value: tuple[int, float] | None) -> ExpansionRecord | None:
+            return None if value is None else ExpansionRecord(k=value[0], alpha=value[1])
+
+        return PostprocessingRecord(
+            tta_flip=self.tta is not None and self.tta.flip,
+            tta_scales=[1.0] if self.tta is None else list(self.tta.scales),
+            whitening_dim=self.whiten_dim,
+            dba=expansion(self.dba),
+            qe=expansion(self.qe),
+        )
 
 
 def build_gallery_index(
@@ -140,16 +167,32 @@ def build_gallery_index(
     batch_size: int | None = None,
     force: bool = False,
     progress: bool = True,
+    steps: IndexSteps | None = None,
 ) -> GalleryIndex:
-    """Embed a gallery with a run's checkpoint and write the index folder `out` (atomically)."""
+    """Embed a gallery with a run's checkpoint (and the `steps`: ensemble members, test-time views,
+    whitening, database-side augmentation) and write the index folder `out` (atomically)."""
     out = Path(out)
+    steps = steps or IndexSteps()
     check_writable(out, replace=force)
     run = load_run(run_dir, checkpoint)
+    members = [(load_run(path, checkpoint), weight) for path, weight in steps.ensemble]
+    pipeline = EmbeddingPipeline(
+        embedders=[run.embedder] + [member.embedder for member, _ in members],
+        weights=[1.0] + [weight for _, weight in members],
+        tta=steps.tta,
+    )
     data = read_gallery(gallery, run.embedder.preprocess.size, run.embedder.preprocess.channels, label)
-    embeddings = _embed(run, data.images, batch_size, progress)
+    batch = batch_size or run.config.train.eval_batch_size
+    embeddings = pipeline.embed_images(data.images, batch, run.config.data.num_workers, progress)
+    if steps.whiten_dim is not None:
+        embeddings = pipeline.fit_whitening(embeddings, steps.whiten_dim)
+    if steps.dba is not None:
+        embeddings = database_augmentation(embeddings, *steps.dba)
     manifest = new_manifest(run, checkpoint, kind, len(data.items))
+    manifest.ensemble = [_model_record(member, checkpoint, weight) for member, weight in members]
+    manifest.postprocessing = steps.record()
     manifest.sources = [SourceRecord(source=data.source, items=len(data.items), added_at=manifest.created_at)]
-    index = GalleryIndex.create(manifest, data.items, embeddings)
+    index = GalleryIndex.create(manifest, data.items, embeddings, pipeline.whitening)
     write_index(index, out, replace=force)
     return index
 
@@ -174,7 +217,14 @@ def add_to_gallery_index(
     resolved path) are skipped, so running the same `add` twice adds nothing the second time."""
     index_dir = Path(index_dir)
     index = load_index(index_dir)
+    if index.manifest.postprocessing.dba is not None:
+        raise ValueError(
+            f"index {index_dir} was built with database-side augmentation, where every gallery vector "
+            "depends on its neighbours: adding images would leave the others stale; rebuild it with "
+            "`embedlab index build ... --force` over the whole gallery"
+        )
     run = load_matching_run(index.manifest, index_dir.absolute(), run_dir)
+    pipeline = load_pipeline(index.manifest, index_dir.absolute(), run_dir, index.whitening)
     settings = index.manifest.preprocessing
     data = read_gallery(images, settings.image_size, settings.channels, label)
     known = {item.path for item in index.items}
@@ -183,7 +233,8 @@ def add_to_gallery_index(
     if not fresh:
         return AddResult(index, 0, skipped)
     subset = data.images.subset(torch.tensor(fresh, dtype=torch.long))
-    embeddings = _embed(run, subset, batch_size, progress)
+    batch = batch_size or run.config.train.eval_batch_size
+    embeddings = pipeline.embed_images(subset, batch, run.config.data.num_workers, progress)
     source = SourceRecord(source=data.source, items=len(fresh), added_at=utc_now())
     grown = index.extended([data.items[i] for i in fresh], embeddings, source)
     write_index(grown, index_dir, replace=True)

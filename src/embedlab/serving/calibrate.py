@@ -34,7 +34,6 @@ from typing import Literal
 import numpy as np
 
 from embedlab.data.splits import prepare_data
-from embedlab.models.inference import embed
 from embedlab.retrieval.knn import (
     DEFAULT_MAX_MEMORY_BYTES,
     as_embedding_matrix,
@@ -44,7 +43,7 @@ from embedlab.retrieval.knn import (
 )
 from embedlab.serving.build import read_gallery
 from embedlab.serving.index import OpenSetRecord, load_index, utc_now, write_index
-from embedlab.serving.searcher import load_matching_run
+from embedlab.serving.searcher import Searcher, load_matching_run, load_pipeline
 
 Objective = Literal["target_fmr", "best_f1"]
 
@@ -220,12 +219,15 @@ def calibrate_index(
     index_dir = Path(index_dir).absolute()
     index = load_index(index_dir)
     run = load_matching_run(index.manifest, index_dir, run_dir)
+    searcher = Searcher(index, load_pipeline(index.manifest, index_dir, run_dir, index.whitening), index_dir)
     batch = batch_size or run.config.train.eval_batch_size
     workers = run.config.data.num_workers
     if queries:
         settings = index.manifest.preprocessing
         data = read_gallery(queries, settings.image_size, settings.channels)
-        query_embeddings = embed(run.embedder, data.images, batch, workers, progress)
+        query_embeddings = searcher.expand(
+            searcher.pipeline.embed_images(data.images, batch, workers, progress)
+        )
         names = sorted({item.label for item in index.items} | {item.label for item in data.items})
         code = {name: i for i, name in enumerate(names)}
         position = {item.path: i for i, item in enumerate(index.items)}
@@ -238,8 +240,15 @@ def calibrate_index(
         )
         described = f"{data.source} ({len(data.items)} images) against the index gallery"
     else:
+        postprocessing = index.manifest.postprocessing
+        if postprocessing.dba is not None or postprocessing.qe is not None:
+            raise ValueError(
+                f"index {index_dir} expands queries or its gallery with its own gallery's neighbours, which "
+                "the validation split does not have: calibrate with --queries (labelled images searched "
+                "against the index)"
+            )
         splits = prepare_data(run.config.data)
-        query_embeddings = embed(run.embedder, splits.query, batch, workers, progress)
+        query_embeddings = searcher.pipeline.embed_images(splits.query, batch, workers, progress)
         groups = None if splits.query.groups is None else splits.query.groups.numpy()
         if splits.gallery is None:
             scores = open_set_scores(
@@ -257,7 +266,7 @@ def calibrate_index(
             scores = open_set_scores(
                 query_embeddings,
                 splits.query.labels.numpy(),
-                embed(run.embedder, splits.gallery, batch, workers, progress),
+                searcher.pipeline.embed_images(splits.gallery, batch, workers, progress),
                 splits.gallery.labels.numpy(),
                 query_groups=groups if both else None,
                 gallery_groups=gallery_groups if both else None,

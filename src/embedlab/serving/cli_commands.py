@@ -73,11 +73,36 @@ def index_build(
     ] = None,
     batch_size: BatchOption = None,
     force: Annotated[bool, typer.Option(help="Replace an existing index at --out.")] = False,
+    ensemble: Annotated[
+        list[str] | None,
+        typer.Option(help="Another run whose embeddings join RUN_DIR's: RUN_DIR[:WEIGHT] (repeatable)."),
+    ] = None,
+    tta: Annotated[
+        list[str] | None, typer.Option(help="Test-time augmentation: flip, scales:S1,S2,... (repeatable).")
+    ] = None,
+    whiten: Annotated[int | None, typer.Option(help="PCA whitening to DIM, learned on the gallery.")] = None,
+    dba: Annotated[
+        str | None, typer.Option(help="Database-side augmentation of the gallery: K,ALPHA.")
+    ] = None,
+    qe: Annotated[str | None, typer.Option(help="Query expansion at search time: K,ALPHA.")] = None,
 ) -> None:
     """Embed a gallery with a trained run and write a searchable index (atomically)."""
-    from embedlab.serving.build import build_gallery_index
+    from embedlab.evaluation.steps import parse_expansion
+    from embedlab.models.tta import TestTimeAugmentation
+    from embedlab.serving.build import IndexSteps, build_gallery_index
+    from embedlab.training.evaluate import EnsembleMember
 
     try:
+        members = [EnsembleMember.parse(member) for member in ensemble or []]
+        dba_setting = None if dba is None else parse_expansion("--dba", dba)
+        qe_setting = None if qe is None else parse_expansion("--qe", qe)
+        steps = IndexSteps(
+            ensemble=[(member.run_dir, member.weight) for member in members],
+            tta=TestTimeAugmentation.parse(tta) if tta else None,
+            whiten_dim=whiten,
+            dba=None if dba_setting is None else (dba_setting.k, dba_setting.alpha),
+            qe=None if qe_setting is None else (qe_setting.k, qe_setting.alpha),
+        )
         index = build_gallery_index(
             run_dir,
             gallery,
@@ -87,6 +112,7 @@ def index_build(
             label=label,
             batch_size=batch_size,
             force=force,
+            steps=steps,
         )
     except USER_ERRORS as error:
         raise _fail(str(error)) from None

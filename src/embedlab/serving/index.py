@@ -6,6 +6,7 @@ INDEX_DIR/
   items.jsonl      one gallery item per line in id order: {"path", "label", "extra": {CSV columns}}
   embeddings.npy   (N, D) float32 unit rows in id order, kept so the faiss index can be rebuilt
   index.faiss      the faiss index over those rows: IndexFlatIP, IndexIVFFlat or IndexHNSWFlat
+  whitening.npz    the PCA whitening of the vectors, when the index was built with one
 
 Every write builds a complete new folder beside the old one (`.INDEX_DIR.incoming`) and swaps it in
 with two renames (old -> `.INDEX_DIR.previous`, new -> INDEX_DIR). A writer killed before the swap
@@ -34,11 +35,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from embedlab.retrieval.knn import IndexOptions, SearchMethod, build_index
+from embedlab.retrieval.whitening import PCAWhitening
 
 MANIFEST_FILE = "manifest.json"
 ITEMS_FILE = "items.jsonl"
 EMBEDDINGS_FILE = "embeddings.npy"
 FAISS_FILE = "index.faiss"
+WHITENING_FILE = "whitening.npz"
 FORMAT_VERSION = 1
 
 CheckpointName = Literal["best", "last"]
@@ -84,6 +87,7 @@ class ModelRecord(_Record):
     checkpoint_sha256: str
     backbone: str
     embedding_dim: int = Field(gt=0)
+    weight: float = Field(1.0, gt=0.0, description="its weight in an ensemble")
 
 
 class PreprocessingRecord(_Record):
@@ -96,11 +100,26 @@ class PreprocessingRecord(_Record):
     std: list[float]
 
 
+class ExpansionRecord(_Record):
+    """k neighbours weighted by similarity^alpha (see `embedlab.retrieval.expansion`)."""
+
+    k: int = Field(gt=0)
+    alpha: float = Field(ge=0.0)
+
+
 class PostprocessingRecord(_Record):
-    """What happens to embeddings after the model: unit length, compared by inner product (cosine)."""
+    """What happens to embeddings after the model(s), in this order: test-time views averaged, the
+    ensemble's members concatenated with their weights, unit length, PCA whitening (whitening.npz),
+    database-side augmentation of the stored gallery; at search time, query expansion. Compared by inner
+    product (cosine)."""
 
     l2_normalize: bool = True
     similarity: Literal["cosine"] = "cosine"
+    tta_flip: bool = False
+    tta_scales: list[float] = Field(default_factory=lambda: [1.0])
+    whitening_dim: int | None = Field(None, gt=0, description="set when whitening.npz whitens the vectors")
+    dba: ExpansionRecord | None = None
+    qe: ExpansionRecord | None = None
 
 
 class FaissRecord(_Record):
@@ -162,6 +181,19 @@ class IndexManifest(_Record):
     faiss: FaissRecord
     sources: list[SourceRecord] = Field(default_factory=list)
     open_set: OpenSetRecord | None = None
+    ensemble: list[ModelRecord] = Field(
+        default_factory=list, description="more models whose embeddings are concatenated with `model`'s"
+    )
+
+    @property
+    def models(self) -> list[ModelRecord]:
+        return [self.model, *self.ensemble]
+
+    @property
+    def vector_dim(self) -> int:
+        """The size of the stored vectors: the models' sizes summed, or the whitening's."""
+        whitened = self.postprocessing.whitening_dim
+        return whitened or sum(record.embedding_dim for record in self.models)
 
 
 @dataclass(frozen=True)
@@ -201,6 +233,8 @@ class GalleryIndex:
     items: list[GalleryItem]
     embeddings: np.ndarray
     faiss_index: Any
+    # The PCA whitening the vectors went through (manifest.postprocessing.whitening_dim), if any.
+    whitening: PCAWhitening | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -211,18 +245,22 @@ class GalleryIndex:
 
     @classmethod
     def create(
-        cls, manifest: IndexManifest, items: list[GalleryItem], embeddings: np.ndarray
+        cls,
+        manifest: IndexManifest,
+        items: list[GalleryItem],
+        embeddings: np.ndarray,
+        whitening: PCAWhitening | None = None,
     ) -> GalleryIndex:
         """Build the faiss index the manifest's faiss record names over `embeddings` (N, D)."""
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        _check_rows(len(items), embeddings, manifest.model.embedding_dim)
+        _check_rows(len(items), embeddings, manifest.vector_dim)
         faiss_index = make_faiss_index(embeddings, manifest.faiss)
         configure_search(faiss_index, manifest.faiss)
         faiss_record = manifest.faiss
         if manifest.faiss.kind == "ivf":
             faiss_record = faiss_record.model_copy(update={"ivf_nlist": int(faiss_index.nlist)})
         manifest = manifest.model_copy(update={"size": len(items), "faiss": faiss_record})
-        return cls(manifest, list(items), embeddings, faiss_index)
+        return cls(manifest, list(items), embeddings, faiss_index, whitening)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k gallery items of each query (Nq, D): scores (Nq, k') float32 and ids (Nq, k') int64.
@@ -259,15 +297,15 @@ class GalleryIndex:
         )
         if kind != self.manifest.faiss.kind:
             manifest.faiss = manifest.faiss.model_copy(update={"kind": kind, "ivf_nlist": None})
-            return GalleryIndex.create(manifest, all_items, all_embeddings)
+            return GalleryIndex.create(manifest, all_items, all_embeddings, self.whitening)
         # faiss adds to its own copy; an IVF index files the new rows under its trained cells.
         self.faiss_index.add(embeddings)
         manifest.size = len(all_items)
-        return GalleryIndex(manifest, all_items, all_embeddings, self.faiss_index)
+        return GalleryIndex(manifest, all_items, all_embeddings, self.faiss_index, self.whitening)
 
     def with_open_set(self, record: OpenSetRecord) -> GalleryIndex:
         manifest = self.manifest.model_copy(update={"open_set": record, "updated_at": utc_now()})
-        return GalleryIndex(manifest, self.items, self.embeddings, self.faiss_index)
+        return GalleryIndex(manifest, self.items, self.embeddings, self.faiss_index, self.whitening)
 
 
 def _check_rows(n_items: int, embeddings: np.ndarray, dim: int) -> None:
@@ -330,6 +368,8 @@ def _write_files(index: GalleryIndex, folder: Path) -> None:
         os.fsync(stream.fileno())
     faiss.write_index(index.faiss_index, str(folder / FAISS_FILE))
     _fsync_path(folder / FAISS_FILE)
+    if index.whitening is not None:
+        index.whitening.save(folder / WHITENING_FILE)
     # The manifest goes last: a folder with a manifest has everything the manifest describes.
     with (folder / MANIFEST_FILE).open("w") as stream:
         stream.write(index.manifest.model_dump_json(indent=2) + "\n")
@@ -429,7 +469,7 @@ def load_index(index_dir: str | Path) -> GalleryIndex:
         # Memory-mapped: the server keeps the rows for rebuilding only, search goes through faiss.
         embeddings = np.load(index_dir / EMBEDDINGS_FILE, mmap_mode="r")
         faiss_index = faiss.read_index(str(index_dir / FAISS_FILE))
-    dim = manifest.model.embedding_dim
+    dim = manifest.vector_dim
     checks = {
         f"{ITEMS_FILE} rows": len(items),
         f"{EMBEDDINGS_FILE} rows": embeddings.shape[0],
@@ -442,5 +482,13 @@ def load_index(index_dir: str | Path) -> GalleryIndex:
             f"but {', '.join(f'{k}: {v}' for k, v in checks.items())}, {EMBEDDINGS_FILE} shape "
             f"{embeddings.shape}, {FAISS_FILE} dimension {faiss_index.d}; rebuild it"
         )
+    whitening = None
+    if manifest.postprocessing.whitening_dim is not None:
+        whitening = PCAWhitening.load(index_dir / WHITENING_FILE)
+        if whitening.output_dim != dim:
+            raise ValueError(
+                f"index {index_dir} is inconsistent: {WHITENING_FILE} whitens to {whitening.output_dim} "
+                f"dimensions, the manifest says {dim}; rebuild it"
+            )
     configure_search(faiss_index, manifest.faiss)
-    return GalleryIndex(manifest, items, embeddings, faiss_index)
+    return GalleryIndex(manifest, items, embeddings, faiss_index, whitening)

@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from embedlab.models.embedder import Embedder
+from embedlab.retrieval.expansion import weighted_neighbour_sum
+from embedlab.retrieval.knn import l2_normalize
+from embedlab.retrieval.whitening import PCAWhitening
 from embedlab.serving.images import DEFAULT_MAX_PIXELS, decode_image
-from embedlab.serving.index import GalleryIndex, IndexManifest, load_index
+from embedlab.serving.index import GalleryIndex, IndexManifest, ModelRecord, load_index
+from embedlab.serving.pipeline import EmbeddingPipeline, tta_of
 from embedlab.training.run_dir import LoadedRun, load_run
-
-#: Query images embedded per forward pass when many are searched at once.
-QUERY_BATCH = 64
 
 
 class ModelMismatchError(ValueError):
@@ -39,38 +38,39 @@ def checkpoint_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_model(manifest: IndexManifest, run: LoadedRun, sha256: str, index_dir: Path) -> None:
-    """Raise ModelMismatchError unless `run` (whose checkpoint hashes to sha256) built the index."""
-    expected = manifest.model
+def check_model(record: ModelRecord, run: LoadedRun, sha256: str, index_dir: Path) -> None:
+    """Raise ModelMismatchError unless `run` (whose checkpoint hashes to sha256) is the model `record`
+    describes."""
     fix = (
-        f"search with the run that built it (--run {expected.run_dir}), or rebuild the index with "
+        f"search with the run that built it (--run {record.run_dir}), or rebuild the index with "
         f"`embedlab index build {run.run_dir} --gallery ... --out {index_dir} --force`"
     )
-    if run.embedder.embedding_dim != expected.embedding_dim:
+    if run.embedder.embedding_dim != record.embedding_dim:
         raise ModelMismatchError(
-            f"index {index_dir} holds embeddings of size {expected.embedding_dim}, but "
+            f"index {index_dir} holds embeddings of size {record.embedding_dim}, but "
             f"{run.checkpoint_path} makes embeddings of size {run.embedder.embedding_dim}; {fix}"
         )
+    if sha256 != record.checkpoint_sha256:
+        raise ModelMismatchError(
+            f"index {index_dir} was built by a checkpoint with sha256 {record.checkpoint_sha256[:16]}..., "
+            f"but {run.checkpoint_path} has sha256 {sha256[:16]}... (retrained or replaced since); {fix}"
+        )
+
+
+def _check_input(manifest: IndexManifest, run: LoadedRun, index_dir: Path) -> None:
     preprocess = run.embedder.preprocess
     wanted = manifest.preprocessing
     if (preprocess.channels, preprocess.size) != (wanted.channels, wanted.image_size):
         raise ModelMismatchError(
             f"index {index_dir} was built for {wanted.channels}-channel {wanted.image_size}px images, but "
-            f"{run.checkpoint_path} takes {preprocess.channels}-channel {preprocess.size}px images; {fix}"
-        )
-    if sha256 != expected.checkpoint_sha256:
-        raise ModelMismatchError(
-            f"index {index_dir} was built by a checkpoint with sha256 {expected.checkpoint_sha256[:16]}..., "
-            f"but {run.checkpoint_path} has sha256 {sha256[:16]}... (retrained or replaced since); {fix}"
+            f"{run.checkpoint_path} takes {preprocess.channels}-channel {preprocess.size}px images; search "
+            f"with the run that built it (--run {manifest.model.run_dir})"
         )
 
 
-def load_matching_run(
-    manifest: IndexManifest, index_dir: Path, run_dir: str | Path | None = None
-) -> LoadedRun:
-    """The run that built the index (or `run_dir`, which must hold the same checkpoint), loaded."""
+def _load_checked(record: ModelRecord, index_dir: Path, run_dir: str | Path | None) -> LoadedRun:
     try:
-        run = load_run(run_dir or manifest.model.run_dir, manifest.model.checkpoint)
+        run = load_run(run_dir or record.run_dir, record.checkpoint)
     except FileNotFoundError as error:
         if run_dir is not None:
             raise
@@ -78,8 +78,35 @@ def load_matching_run(
             f"{error}; index {index_dir} was built by that run: pass the run folder with --run "
             "if it has moved"
         ) from None
-    check_model(manifest, run, checkpoint_sha256(run.checkpoint_path), index_dir)
+    check_model(record, run, checkpoint_sha256(run.checkpoint_path), index_dir)
     return run
+
+
+def load_matching_run(
+    manifest: IndexManifest, index_dir: Path, run_dir: str | Path | None = None
+) -> LoadedRun:
+    """The run that built the index (or `run_dir`, which must hold the same checkpoint), loaded."""
+    run = _load_checked(manifest.model, index_dir, run_dir)
+    _check_input(manifest, run, index_dir)
+    return run
+
+
+def load_pipeline(
+    manifest: IndexManifest,
+    index_dir: Path,
+    run_dir: str | Path | None = None,
+    whitening: PCAWhitening | None = None,
+) -> EmbeddingPipeline:
+    """The index's model (or `run_dir`, the same checkpoint), its ensemble members (from their run
+    folders, each checked against its record), its test-time views and its whitening."""
+    runs = [load_matching_run(manifest, index_dir, run_dir)]
+    runs += [_load_checked(record, index_dir, None) for record in manifest.ensemble]
+    return EmbeddingPipeline(
+        embedders=[run.embedder for run in runs],
+        weights=[record.weight for record in manifest.models],
+        tta=tta_of(manifest.postprocessing),
+        whitening=whitening,
+    )
 
 
 @dataclass(frozen=True)
@@ -105,11 +132,12 @@ class QueryResult:
 
 
 class Searcher:
-    """An index and its embedder; thread-safe for concurrent searches (both are only read)."""
+    """An index and the pipeline that embeds its queries; thread-safe for concurrent searches (both
+    are only read)."""
 
-    def __init__(self, index: GalleryIndex, embedder: Embedder, index_dir: Path) -> None:
+    def __init__(self, index: GalleryIndex, pipeline: EmbeddingPipeline, index_dir: Path) -> None:
         self.index = index
-        self.embedder = embedder.eval()
+        self.pipeline = pipeline
         self.index_dir = index_dir
 
     @property
@@ -122,18 +150,24 @@ class Searcher:
         settings = self.index.manifest.preprocessing
         return decode_image(data, settings.image_size, settings.channels, max_pixels=max_pixels, name=name)
 
-    @torch.inference_mode()
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 images (B, C, S, S) -> unit embeddings (B, D) float32."""
-        chunks = [
-            self.embedder(torch.from_numpy(pixels[start : start + QUERY_BATCH])).float().numpy()
-            for start in range(0, len(pixels), QUERY_BATCH)
-        ]
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.index.embedding_dim), np.float32)
+        """uint8 images (B, C, S, S) -> the index's unit vectors (B, D) float32."""
+        return self.pipeline.embed_pixels(pixels)
+
+    def expand(self, embeddings: np.ndarray) -> np.ndarray:
+        """Query expansion with the stored gallery vectors, when the index was built with --qe."""
+        qe = self.index.manifest.postprocessing.qe
+        if qe is None or len(embeddings) == 0:
+            return embeddings
+        scores, ids = self.index.search(embeddings, qe.k)
+        return weighted_neighbour_sum(
+            l2_normalize(embeddings), np.asarray(self.index.embeddings), scores, ids, qe.alpha
+        )
 
     def search_embeddings(self, embeddings: np.ndarray, k: int) -> list[QueryResult]:
-        """Top-k and the open-set decision of each query embedding (Nq, D)."""
-        scores, ids = self.index.search(embeddings, k)
+        """Top-k and the open-set decision of each query vector (Nq, D), after query expansion when
+        the index asks for it; the open-set decision uses the expanded query's best score."""
+        scores, ids = self.index.search(self.expand(embeddings), k)
         threshold = self.threshold
         results = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
@@ -166,5 +200,4 @@ def open_searcher(index_dir: str | Path, run_dir: str | Path | None = None) -> S
     """Load an index and the model that built it (or `run_dir`, checked to be the same model)."""
     index_dir = Path(index_dir).absolute()
     index = load_index(index_dir)
-    run = load_matching_run(index.manifest, index_dir, run_dir)
-    return Searcher(index, run.embedder, index_dir)
+    return Searcher(index, load_pipeline(index.manifest, index_dir, run_dir, index.whitening), index_dir)
