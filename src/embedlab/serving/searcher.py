@@ -1,9 +1,10 @@
-"""Search: a gallery index joined with the model that made it; images in, top-k and the open-set
+"""Search: a gallery index joined with the model(s) that made it; images in, top-k and the open-set
 decision out.
 
-An index is only meaningful with the model that embedded its gallery. The manifest records that model
-(run folder, checkpoint, sha256 of the checkpoint file, embedding size, input size and channels);
-`load_matching_run` loads it, or another run named by the caller, and refuses any that differs.
+An index is only meaningful with the models that embedded its gallery. The manifest records them (run
+folder, checkpoint, sha256 of the checkpoint file, embedding size; input size and channels) and the
+post-processing; `load_pipeline` rebuilds that pipeline, loading each run (or, for the index's own
+model, another run named by the caller) and refusing any that differs.
 """
 
 from __future__ import annotations
