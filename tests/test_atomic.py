@@ -1,6 +1,6 @@
 import pytest
 
-from embedlab.atomic import atomic_write, atomic_write_text
+from embedlab.atomic import atomic_write, atomic_write_text, remove_stale_temporaries
 
 
 def test_text_is_replaced_whole(tmp_path) -> None:
@@ -23,3 +23,12 @@ def test_a_failing_writer_leaves_the_old_file_and_no_temporary(tmp_path) -> None
         atomic_write(path, fail)
     assert path.read_bytes() == b"good"
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_stale_temporaries_of_killed_writers_are_removed_and_nothing_else(tmp_path) -> None:
+    atomic_write_text(tmp_path / "last.ckpt", "good")
+    (tmp_path / ".last.ckpt.x1y2.tmp").write_text("torn")
+    (tmp_path / ".hidden").write_text("not ours")
+    removed = remove_stale_temporaries(tmp_path)
+    assert [p.name for p in removed] == [".last.ckpt.x1y2.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "last.ckpt"]

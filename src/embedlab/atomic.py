@@ -11,12 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+TEMPORARY_SUFFIX = ".tmp"
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
     """Call `write(stream)` on a temporary binary file, then move it to `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent
+    )
     try:
         with os.fdopen(descriptor, "wb") as stream:
             write(stream)
@@ -30,3 +34,14 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda stream: stream.write(text.encode()))
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write left in `folder` (their targets are
+    untouched); returns what was deleted. Call it only when no writer is at work in the folder."""
+    removed = []
+    for path in Path(folder).glob(f".*{TEMPORARY_SUFFIX}"):
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed

@@ -46,16 +46,44 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<config name>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run folder.")] = False,
+    devices: Annotated[
+        int | None,
+        typer.Option(min=1, help="Training processes on this machine (DDP); default: torchrun's, else 1."),
+    ] = None,
+    num_nodes: Annotated[
+        int | None, typer.Option(min=1, help="Machines, each running --devices processes (torchrun).")
+    ] = None,
 ) -> None:
     """Train one model and write its run folder (checkpoints, metrics.csv, summary.json, curves.png)."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
     from embedlab.reporting.curves import write_run_curves
     from embedlab.training.fit import fit
+    from embedlab.training.module import NonFiniteLossError, NonFiniteWeightsError
 
     try:
         cfg, _ = load_config(config, set_ or [])
-        result = fit(cfg, out or Path("runs") / config.stem, resume=resume, force=force)
-    except (ConfigError, ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
-        raise _fail(str(error)) from None
+        result = fit(
+            cfg,
+            out or Path("runs") / config.stem,
+            resume=resume,
+            force=force,
+            devices=devices,
+            num_nodes=num_nodes,
+        )
+    except (
+        ConfigError,
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        FileExistsError,
+        NonFiniteLossError,
+        NonFiniteWeightsError,
+    ) as error:
+        # Under DDP every process stops with the same error; one of them says so.
+        raise (_fail(str(error)) if rank_zero_only.rank == 0 else typer.Exit(code=2)) from None
+    if not result.main_process:
+        return
     _print_metrics(result.metrics, f"{result.run_dir}: final validation metrics")
     console.print(
         f"trained in {result.summary['train_seconds']:.1f} s "

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from embedlab.data.images import InMemoryImages
-from embedlab.data.loaders import SeededRandomSampler, eval_batches, train_batches
+from embedlab.data.loaders import SeededMPerClassBatches, SeededRandomSampler, eval_batches, train_batches
 
 
 def _images(n: int = 40, classes: int = 4) -> InMemoryImages:
@@ -50,3 +50,49 @@ def test_eval_batches_keep_order_and_the_last_partial_batch() -> None:
     batches = list(eval_batches(_images(10), batch_size=4))
     assert [len(labels) for _, labels in batches] == [4, 4, 2]
     assert torch.cat([b.flatten() for b, _ in batches]).tolist() == list(range(10))
+
+
+def _epoch(loader, epoch: int) -> list[list[int]]:
+    loader.sampler.set_epoch(epoch)
+    return [images.flatten().tolist() for images, _ in loader]
+
+
+def test_m_per_class_batches_repeat_an_epoch_and_change_between_epochs() -> None:
+    loader = train_batches(_images(), batch_size=8, seed=3, m_per_class=2)
+    first, second = _epoch(loader, 0), _epoch(loader, 1)
+    assert _epoch(loader, 0) == first and first != second
+    assert len(first) == 5  # len(images) // batch_size batches, as pytorch-metric-learning's sampler
+
+
+def test_m_per_class_draws_with_replacement_only_from_classes_smaller_than_m() -> None:
+    labels = torch.tensor([0, 0, 0, 0, 1, 2, 2, 2])
+    batches = SeededMPerClassBatches(labels, m=3, batch_size=6, seed=0)
+    for epoch in range(20):
+        batches.set_epoch(epoch)
+        for batch in batches:
+            by_class = {int(c): [i for i in batch if labels[i] == c] for c in labels[batch].unique()}
+            assert all(len(rows) == 3 for rows in by_class.values())
+            assert all(len(set(rows)) == 3 for c, rows in by_class.items() if c != 1)
+
+
+@pytest.mark.parametrize("m_per_class", [None, 2])
+def test_the_processes_slices_partition_the_batches_one_process_draws(m_per_class: int | None) -> None:
+    """Under DDP each of the 2 processes keeps half of every global batch: together they train on
+    exactly the single-process batches, and no row of a step reaches two processes."""
+    single = _epoch(train_batches(_images(), 8, seed=1, m_per_class=m_per_class), 2)
+    shares = [
+        _epoch(train_batches(_images(), 8, seed=1, m_per_class=m_per_class, rank=r, world_size=2), 2)
+        for r in range(2)
+    ]
+    assert all(len(share) == len(single) for share in shares)
+    for step, batch in enumerate(single):
+        assert shares[0][step] == batch[0::2] and shares[1][step] == batch[1::2]
+    if m_per_class is not None:  # each slice holds a share of every class of the global batch
+        labels = _images().labels
+        for step, batch in enumerate(single):
+            assert set(labels[shares[0][step]].tolist()) == set(labels[batch].tolist())
+
+
+def test_the_global_batch_must_split_evenly_over_the_processes() -> None:
+    with pytest.raises(ValueError, match="multiple of 3"):
+        train_batches(_images(), batch_size=8, seed=0, rank=0, world_size=3)

@@ -2,6 +2,11 @@
 
 The loader runs with `batch_size=None`: each element the sampler yields is a list of indices, and the
 dataset answers it with a stacked batch, so in-memory sets never collate one image at a time.
+
+Training batches are global: `train.batch_size` images per optimisation step whatever the number of
+processes. Every process draws the same global batches, a function of (seed, epoch) only, and keeps its
+own slice of each (every W-th row), so under DDP the processes together see exactly the batch one process
+would, none sees another's rows, and a resumed run draws the batches it would have drawn.
 """
 
 from __future__ import annotations
@@ -9,10 +14,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from pytorch_metric_learning.samplers import MPerClassSampler
 from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 
 from embedlab.data.images import InMemoryImages, LabelledImages
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The random stream of one epoch: the same (seed, epoch) always gives the same draws."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
 class SeededRandomSampler(Sampler[int]):
@@ -27,8 +36,7 @@ class SeededRandomSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        return iter(torch.randperm(self.size, generator=epoch_generator(self.seed, self.epoch)).tolist())
 
     def __len__(self) -> int:
         return self.size
@@ -43,35 +51,109 @@ class EpochBatchSampler(BatchSampler):
             set_epoch(epoch)
 
 
+class SeededMPerClassBatches(Sampler[list[int]]):
+    """Batches of m images of each of batch_size / m distinct classes, drawn from (seed, epoch).
+
+    The batches pytorch-metric-learning's MPerClassSampler makes (classes drawn without replacement
+    for each batch; a class's m images without replacement, or with it when the class holds fewer than
+    m), from a generator of its own instead of numpy's global state, so that an epoch can be drawn
+    again after a resume and by every process alike. An epoch holds len(labels) // batch_size batches.
+    """
+
+    def __init__(self, labels: torch.Tensor, m: int, batch_size: int, seed: int) -> None:
+        if batch_size % m:
+            raise ValueError(f"train.batch_size ({batch_size}) must be a multiple of data.m_per_class ({m})")
+        classes, codes = torch.unique(labels, return_inverse=True)
+        if batch_size // m > classes.numel():
+            raise ValueError(
+                f"a batch of {batch_size} with m_per_class={m} needs {batch_size // m} classes, "
+                f"the training set has {classes.numel()}"
+            )
+        order = torch.argsort(codes, stable=True)
+        counts = torch.bincount(codes, minlength=classes.numel())
+        self.members = list(torch.split(order, counts.tolist()))
+        self.m = m
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.num_batches = labels.numel() // batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = epoch_generator(self.seed, self.epoch)
+        classes_per_batch = self.batch_size // self.m
+        for _ in range(self.num_batches):
+            batch: list[int] = []
+            for code in torch.randperm(len(self.members), generator=generator)[:classes_per_batch].tolist():
+                members = self.members[code]
+                if members.numel() >= self.m:
+                    picked = torch.randperm(members.numel(), generator=generator)[: self.m]
+                else:
+                    picked = torch.randint(members.numel(), (self.m,), generator=generator)
+                batch.extend(members[picked].tolist())
+            yield batch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+class RankSlices(Sampler[list[int]]):
+    """This process's share of every global batch: rows rank, rank + W, rank + 2W, ... (W processes),
+    so the processes' slices of a step partition its global batch.
+
+    Strided rather than contiguous: an m-per-class batch lists each class's m images together, and a
+    contiguous slice would hand each process a few classes whole. BatchNorm normalises each process's
+    slice by its own statistics, and statistics of a few classes would make those of different processes
+    incomparable; interleaved slices each hold a share of every class.
+    """
+
+    def __init__(self, batches: Sampler[list[int]], rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+        self.batches = batches
+        self.rank = rank
+        self.world_size = world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        set_epoch = getattr(self.batches, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            yield batch[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+
 def train_batches(
     images: LabelledImages,
     batch_size: int,
     seed: int,
     m_per_class: int | None = None,
     num_workers: int = 0,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """Shuffled training batches, or batches of m images per class (pytorch-metric-learning's sampler)."""
-    sampler: Sampler[int]
-    if m_per_class is not None:
-        if batch_size % m_per_class:
-            raise ValueError(
-                f"train.batch_size ({batch_size}) must be a multiple of data.m_per_class ({m_per_class})"
-            )
-        classes = int(torch.unique(images.labels).numel())
-        if batch_size // m_per_class > classes:
-            raise ValueError(
-                f"a batch of {batch_size} with m_per_class={m_per_class} needs {batch_size // m_per_class} "
-                f"classes, the training set has {classes}"
-            )
-        sampler = MPerClassSampler(
-            images.labels.numpy(), m=m_per_class, batch_size=batch_size, length_before_new_iter=len(images)
+    """Shuffled training batches, or batches of m images per class, of `batch_size` images in all;
+    process `rank` of `world_size` gets its slice of each (see the module docstring)."""
+    if batch_size % world_size:
+        raise ValueError(
+            f"train.batch_size ({batch_size}) is the batch of one step over all {world_size} processes; "
+            f"it must be a multiple of {world_size}"
         )
+    batches: Sampler[list[int]]
+    if m_per_class is not None:
+        batches = SeededMPerClassBatches(images.labels, m_per_class, batch_size, seed)
     else:
-        sampler = SeededRandomSampler(len(images), seed)
-    batches = EpochBatchSampler(sampler, batch_size=batch_size, drop_last=True)
-    if len(batches) == 0:
+        batches = EpochBatchSampler(SeededRandomSampler(len(images), seed), batch_size, drop_last=True)
+    if len(batches) == 0:  # type: ignore[arg-type]
         raise ValueError(f"the training set ({len(images)} images) is smaller than one batch ({batch_size})")
-    return _loader(images, batches, num_workers)
+    return _loader(images, RankSlices(batches, rank, world_size), num_workers)
 
 
 def eval_batches(images: LabelledImages, batch_size: int, num_workers: int = 0) -> DataLoader:
@@ -80,7 +162,7 @@ def eval_batches(images: LabelledImages, batch_size: int, num_workers: int = 0) 
     return _loader(images, batches, num_workers)
 
 
-def _loader(images: LabelledImages, batches: BatchSampler, num_workers: int) -> DataLoader:
+def _loader(images: LabelledImages, batches: Sampler[list[int]], num_workers: int) -> DataLoader:
     in_memory = isinstance(images, InMemoryImages)
     return DataLoader(
         images,

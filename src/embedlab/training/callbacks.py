@@ -2,6 +2,10 @@
 
 Training time is measured per epoch from its first to its last step, so evaluation is never counted in
 the training throughput.
+
+Under DDP each process embeds a contiguous slice of the validation images, process 0 puts the slices
+back together in item order (checking that every item came exactly once), scores them, writes the
+history and the snapshot, and sends the metrics to the other processes, which log the same values.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from typing_extensions import override
 
 from embedlab.data.images import LabelledImages
+from embedlab.evaluation import RetrievalResult
 from embedlab.models.inference import embed
+from embedlab.training.distributed import broadcast_from_zero, gather_rows, slice_of
 from embedlab.training.evaluate import score_validation
 from embedlab.training.snapshot import take_snapshot, write_snapshot
 
@@ -58,7 +65,7 @@ class RetrievalValidation(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._epoch_images += int(batch[1].shape[0])
+        self._epoch_images += int(batch[1].shape[0]) * trainer.world_size
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -74,22 +81,40 @@ class RetrievalValidation(L.Callback):
         eval_seconds = 0.0
         if due:
             started = time.perf_counter()
-            query, gallery = self._embed(pl_module)
-            result = score_validation(query, gallery, self.query, self.gallery, self.metrics)
+            query, gallery = self._embed(trainer, pl_module)
+            outcome: RetrievalResult | str | None = None
+            if trainer.is_global_zero:
+                assert query is not None
+                try:
+                    outcome = score_validation(query, gallery, self.query, self.gallery, self.metrics)
+                except ValueError as error:  # NaN embeddings, say: every process must stop, not wait
+                    outcome = f"validation after epoch {epoch} failed: {error}"
+            if trainer.world_size > 1:
+                outcome = broadcast_from_zero(outcome)
+            if isinstance(outcome, str):
+                raise ValueError(outcome)
+            assert outcome is not None
             eval_seconds = time.perf_counter() - started
-            if last and self.snapshot_path is not None:
+            if last and self.snapshot_path is not None and trainer.is_global_zero:
+                assert query is not None
                 # After eval_seconds is taken, so that the last epoch's evaluation time stays comparable.
                 snapshot = take_snapshot(query, gallery, self.query, self.gallery, epoch)
                 write_snapshot(self.snapshot_path, snapshot)
-            for name, value in result.metrics.items():
+            for name, value in outcome.metrics.items():
                 pl_module.log(
-                    f"val/{name}", value, on_epoch=True, prog_bar=name in ("precision_at_1", "map_at_r")
+                    f"val/{name}",
+                    value,
+                    on_epoch=True,
+                    prog_bar=name in ("precision_at_1", "map_at_r"),
+                    sync_dist=trainer.world_size > 1,
                 )
             scores = {
-                **result.metrics,
-                "n_queries": result.n_queries,
-                "n_queries_without_positives": result.n_queries_without_positives,
+                **outcome.metrics,
+                "n_queries": outcome.n_queries,
+                "n_queries_without_positives": outcome.n_queries_without_positives,
             }
+        if not trainer.is_global_zero:
+            return
         train_loss = trainer.callback_metrics.get("train_loss")
         log_values = getattr(pl_module.loss, "log_values", None)
         loss_values = {
@@ -108,13 +133,24 @@ class RetrievalValidation(L.Callback):
         }
         append_history(self.history_path, row)
 
-    def _embed(self, pl_module: L.LightningModule) -> tuple[np.ndarray, np.ndarray | None]:
-        embedder = pl_module.embedder  # type: ignore[attr-defined]
-        query = embed(embedder, self.query, self.batch_size, self.num_workers)
-        gallery = (
-            None if self.gallery is None else embed(embedder, self.gallery, self.batch_size, self.num_workers)
-        )
+    def _embed(
+        self, trainer: L.Trainer, pl_module: L.LightningModule
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Query and gallery embeddings in item order (on process 0 only, under DDP)."""
+        query = self._embed_set(trainer, pl_module, self.query)
+        gallery = None if self.gallery is None else self._embed_set(trainer, pl_module, self.gallery)
         return query, gallery
+
+    def _embed_set(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, images: LabelledImages
+    ) -> np.ndarray | None:
+        embedder = pl_module.embedder  # type: ignore[attr-defined]
+        if trainer.world_size == 1:
+            return embed(embedder, images, self.batch_size, self.num_workers)
+        share = slice_of(len(images), trainer.global_rank, trainer.world_size)
+        ids = np.arange(share.start, share.stop)
+        rows = embed(embedder, images.subset(torch.from_numpy(ids)), self.batch_size, self.num_workers)
+        return gather_rows(rows, ids, len(images))
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""`fit`: one training run from a config to a run folder (see run_dir.py for what it holds)."""
+"""`fit`: one training run from a config to a run folder (see run_dir.py for what it holds).
+
+One process, or several on Lightning's DDP strategy (`devices` per node on `num_nodes` nodes, or as
+torchrun started them). Process 0 alone prepares and writes the run folder; every process trains on its
+slice of each global batch (data/loaders.py) and the metrics are those of the whole validation set.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +19,16 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from embedlab.atomic import remove_stale_temporaries
 from embedlab.config import ExperimentConfig
 from embedlab.data.loaders import train_batches
 from embedlab.data.splits import prepare_data
 from embedlab.models.embedder import build_embedder
 from embedlab.training.callbacks import RetrievalValidation, read_history, truncate_history
 from embedlab.training.checkpoint_io import AtomicCheckpointIO
+from embedlab.training.distributed import resolve_layout
 from embedlab.training.loggers import run_loggers
-from embedlab.training.module import EmbeddingModule
+from embedlab.training.module import EmbeddingModule, NonFiniteLossError, NonFiniteWeightsError
 from embedlab.training.objective import build_objective
 from embedlab.training.run_dir import (
     BEST_CHECKPOINT,
@@ -41,8 +48,12 @@ from embedlab.versions import package_versions
 
 @dataclass
 class RunResult:
+    """The run folder and its summary.json; under DDP only process 0 has a summary (the others get an
+    empty one and `main_process` False)."""
+
     run_dir: Path
     summary: dict[str, Any]
+    main_process: bool = True
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -55,6 +66,8 @@ def _prepare_run_dir(out_dir: Path, resume: bool, force: bool) -> Path | None:
     if resume:
         if not last.is_file():
             raise FileNotFoundError(f"--resume: {last} does not exist; start the run without --resume")
+        # What a process killed mid-write left beside the checkpoints it did not replace.
+        remove_stale_temporaries(last.parent)
         return last
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:
@@ -65,6 +78,17 @@ def _prepare_run_dir(out_dir: Path, resume: bool, force: bool) -> Path | None:
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def _last_good_checkpoint(out_dir: Path) -> str:
+    last = out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if not last.is_file():
+        return "No checkpoint had been written yet; fix the cause (a lower optimizer.lr, say) and start again"
+    epoch = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
+    return (
+        f"{last} (after epoch {epoch}) is the last good checkpoint and was kept; fix the cause (a lower "
+        "optimizer.lr, say) and continue with --resume"
+    )
 
 
 def _quiet_lightning() -> None:
@@ -84,10 +108,22 @@ def fit(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    devices: int | None = None,
+    num_nodes: int | None = None,
 ) -> RunResult:
-    """Train the configured model, evaluate it after every epoch, and write the run folder."""
+    """Train the configured model, evaluate it after every epoch, and write the run folder.
+
+    devices / num_nodes: processes per node and nodes (default: what torchrun started, else one);
+    more than one process trains with DDP on the gloo backend. `train.batch_size` stays the batch of
+    one step over all processes.
+    """
     out_dir = Path(out_dir)
-    resume_from = _prepare_run_dir(out_dir, resume, force)
+    layout = resolve_layout(devices, num_nodes)
+    main_process = layout.rank == 0
+    if main_process:
+        resume_from = _prepare_run_dir(out_dir, resume, force)
+    else:
+        resume_from = out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT if resume else None
     _quiet_lightning()
     started = time.perf_counter()
     if cfg.train.threads is not None:
@@ -102,21 +138,34 @@ def fit(
         embedding_size=cfg.model.embedding_dim,
         class_counts=data.class_counts,
     )
-    module = EmbeddingModule(embedder, objective, cfg.optimizer, cfg.scheduler, cfg.data.augment)
-
-    atomic_write_text(out_dir / CONFIG_FILE, cfg.to_yaml())
-    write_json(out_dir / SPLIT_FILE, data.record)
-    write_json(
-        out_dir / MODEL_FILE,
-        {"channels": data.channels, "image_size": data.image_size, "embedding_dim": cfg.model.embedding_dim},
+    module = EmbeddingModule(
+        embedder, objective, cfg.optimizer, cfg.scheduler, cfg.data.augment, seed=cfg.train.seed
     )
+
     history = out_dir / HISTORY_FILE
-    if resume_from is not None:
-        checkpoint = torch.load(resume_from, map_location="cpu", weights_only=True)
-        truncate_history(history, int(checkpoint["epoch"]) + 1)
+    if main_process:
+        atomic_write_text(out_dir / CONFIG_FILE, cfg.to_yaml())
+        write_json(out_dir / SPLIT_FILE, data.record)
+        write_json(
+            out_dir / MODEL_FILE,
+            {
+                "channels": data.channels,
+                "image_size": data.image_size,
+                "embedding_dim": cfg.model.embedding_dim,
+            },
+        )
+        if resume_from is not None:
+            checkpoint = torch.load(resume_from, map_location="cpu", weights_only=True)
+            truncate_history(history, int(checkpoint["epoch"]) + 1)
 
     loader = train_batches(
-        data.train, cfg.train.batch_size, cfg.train.seed, cfg.data.m_per_class, cfg.data.num_workers
+        data.train,
+        cfg.train.batch_size,
+        cfg.train.seed,
+        cfg.data.m_per_class,
+        cfg.data.num_workers,
+        rank=layout.rank,
+        world_size=layout.world_size,
     )
     validation = RetrievalValidation(
         data.query,
@@ -147,7 +196,11 @@ def fit(
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs,
         accelerator="cpu",
-        devices=1,
+        devices=layout.devices,
+        num_nodes=layout.num_nodes,
+        # DDP on the CPU takes the gloo backend; the loader already gives each process its slice.
+        strategy="ddp" if layout.world_size > 1 else "auto",
+        use_distributed_sampler=False,
         precision=cfg.train.precision,
         logger=run_loggers(out_dir, cfg.model_dump(mode="json", exclude={"grid"})),
         callbacks=[validation, best_checkpoint, last_checkpoint],
@@ -158,7 +211,12 @@ def fit(
         enable_model_summary=False,
         default_root_dir=out_dir,
     )
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=resume_from)
+    try:
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=resume_from)
+    except (NonFiniteLossError, NonFiniteWeightsError) as error:
+        raise type(error)(f"{error}. {_last_good_checkpoint(out_dir)}") from None
+    if not trainer.is_global_zero:
+        return RunResult(run_dir=out_dir, summary={}, main_process=False)
 
     rows = read_history(history)
     last = rows[-1] if rows else {}
@@ -176,6 +234,7 @@ def fit(
         "wall_seconds": round(time.perf_counter() - started, 3),
         "num_classes": data.num_classes,
         "train_images": len(data.train),
+        "processes": layout.world_size,
         "versions": package_versions(),
     }
     write_json(out_dir / SUMMARY_FILE, summary)

@@ -1,4 +1,11 @@
-"""The LightningModule: it receives a built embedder and objective and trains them together."""
+"""The LightningModule: it receives a built embedder and objective and trains them together.
+
+Under DDP the loss is scored on the global batch (training/distributed.py). Two guards keep a run
+resumable: every step reseeds the random generators from (seed, step, rank), so a step draws the same
+augmentation and dropout whether or not the run was interrupted before it; and a loss that is not
+finite stops the run before the step changes the weights, while no checkpoint with non-finite weights
+is ever written, so last.ckpt and best.ckpt stay the last good ones.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import math
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 from typing_extensions import override
@@ -13,7 +21,16 @@ from typing_extensions import override
 from embedlab.config import AugmentConfig, OptimizerConfig, SchedulerConfig
 from embedlab.data.transforms import augment
 from embedlab.models.embedder import Embedder
+from embedlab.training.distributed import gather_global_batch
 from embedlab.training.objective import Objective
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stopped before that step updated the weights."""
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """A checkpoint was about to be written with NaN or infinite weights; it was not written."""
 
 
 def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
@@ -44,6 +61,7 @@ class EmbeddingModule(L.LightningModule):
         optimizer: OptimizerConfig,
         scheduler: SchedulerConfig,
         augmentation: AugmentConfig,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.embedder = embedder
@@ -53,26 +71,72 @@ class EmbeddingModule(L.LightningModule):
         self.scheduler_settings = scheduler
         self.augmentation = augmentation
         self.has_augmentation = augmentation.flip or augmentation.crop_padding > 0
+        self.seed = seed
 
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.embedder(images)
+
+    @property
+    def _distributed(self) -> bool:
+        return self._trainer is not None and self.trainer.world_size > 1
+
+    @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        torch_seed, numpy_seed = np.random.SeedSequence(
+            [self.seed, self.global_step, self.global_rank]
+        ).generate_state(2)
+        torch.manual_seed(int(torch_seed))
+        # numpy's global generator too: pytorch-metric-learning's random choices draw from it.
+        np.random.seed(int(numpy_seed))
 
     @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         if self.has_augmentation:
             images = augment(images, self.augmentation)
-        loss = self.loss(self.embedder(images), labels)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
+        embeddings = self.embedder(images)
+        if self._distributed:
+            embeddings, labels = gather_global_batch(embeddings, labels)
+        loss = self.loss(embeddings, labels)
+        # Every process holds the same loss (the global batch's), so all of them stop together.
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss is {float(loss.detach())} at epoch {self.current_epoch}, step "
+                f"{self.global_step} (batch {batch_idx} of the epoch); training stopped before this step "
+                "changed the weights"
+            )
+        self.log(
+            "train_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=labels.shape[0],
+            sync_dist=self._distributed,
+        )
         return loss
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        bad = [
+            name
+            for name, tensor in checkpoint["state_dict"].items()
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+        ]
+        if bad:
+            raise NonFiniteWeightsError(
+                f"the weights hold NaN or infinite values after epoch {self.current_epoch}, step "
+                f"{self.global_step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the "
+                "checkpoint was not written, so the previous one is kept"
+            )
 
     @override
     def on_train_epoch_end(self) -> None:
         log_values = getattr(self.loss, "log_values", None)
         if callable(log_values):
             for key, value in log_values().items():
-                self.log(f"loss/{key}", float(value), on_epoch=True)
+                self.log(f"loss/{key}", float(value), on_epoch=True, sync_dist=self._distributed)
 
     @override
     def configure_optimizers(self) -> Any:
