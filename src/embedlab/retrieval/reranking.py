@@ -41,6 +41,10 @@ from embedlab.retrieval.knn import (
 _EXPANSION_BLOCK_ROWS = 1024
 # Bytes per (query, shared item, gallery item) triple while a block's overlaps are summed.
 _BYTES_PER_TRIPLE = 40
+# Float64 sums of a block's overlaps held at once.
+_SUM_BLOCK_BYTES = 64 << 20
+# (item, member) pairs whose similarity is computed at once: two gathered (pairs, D) arrays.
+_PAIRS_PER_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,9 @@ def reciprocal_neighbours(lists: np.ndarray, k: int) -> np.ndarray:
     return reciprocal
 
 
-def expanded_reciprocal_sets(reciprocal: np.ndarray, half_reciprocal: np.ndarray) -> tuple[np.ndarray, ...]:
+def expanded_reciprocal_sets(
+    reciprocal: np.ndarray, half_reciprocal: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """R*(i) as (rows, items): R(i, k1) plus each candidate's R(c, k1 / 2) that lies more than two thirds
     inside R(i, k1). reciprocal (N, k1 + 1) and half_reciprocal (N, k1 / 2 + 1) hold -1 for no entry."""
     rows_out: list[np.ndarray] = []
@@ -118,7 +124,10 @@ def encode(items: np.ndarray, lists: np.ndarray, parameters: KReciprocalParamete
     reciprocal = reciprocal_neighbours(lists, k1)
     half_reciprocal = reciprocal_neighbours(lists, int(np.around(k1 / 2)))
     rows, members = expanded_reciprocal_sets(reciprocal, half_reciprocal)
-    similarity = np.einsum("nd,nd->n", items[rows], items[members])
+    similarity = np.empty(rows.size, dtype=np.float32)
+    for start in range(0, rows.size, _PAIRS_PER_CHUNK):
+        chunk = slice(start, start + _PAIRS_PER_CHUNK)
+        similarity[chunk] = np.einsum("nd,nd->n", items[rows[chunk]], items[members[chunk]])
     weights = np.exp(-(1.0 - similarity) / 2.0)
     weights /= np.bincount(rows, weights=weights, minlength=n)[rows]
     vectors = sparse.csr_matrix((weights.astype(np.float32), (rows, members)), shape=(n, n))
@@ -171,18 +180,22 @@ class KReciprocalReranker:
         self.n_gallery = n_gallery
 
     def overlaps(self, start: int, stop: int) -> np.ndarray:
-        """m(q, g) = sum_j min(V(q)_j, V(g)_j) for queries[start:stop] against every gallery item."""
+        """m(q, g) = sum_j min(V(q)_j, V(g)_j) for queries[start:stop] against every gallery item,
+        float32 (stop - start, Ng)."""
         n_gallery = self.n_gallery
         block = self._query_vectors[start:stop]
         column_sizes = np.diff(self._gallery_columns.indptr)
         triples_per_row = np.add.reduceat(
             np.concatenate([column_sizes[block.indices], [0]]), block.indptr[:-1]
         ) * (np.diff(block.indptr) > 0)
-        out = np.zeros((stop - start, n_gallery), dtype=np.float64)
+        out = np.empty((stop - start, n_gallery), dtype=np.float32)
         budget = max(1, self.max_memory_bytes // _BYTES_PER_TRIPLE)
+        # bincount sums in float64: bound its (rows, Ng) output like an engine block.
+        max_rows = max(1, _SUM_BLOCK_BYTES // (8 * n_gallery))
         row = 0
         while row < block.shape[0]:
-            last = row + max(1, int(np.searchsorted(np.cumsum(triples_per_row[row:]), budget, side="right")))
+            fitting = int(np.searchsorted(np.cumsum(triples_per_row[row:]), budget, side="right"))
+            last = row + min(max_rows, max(1, fitting))
             chunk = block[row:last]
             entry_rows = np.repeat(np.arange(chunk.shape[0]), np.diff(chunk.indptr))
             sizes = column_sizes[chunk.indices]
@@ -197,9 +210,12 @@ class KReciprocalReranker:
 
     def __call__(self, similarities: np.ndarray, start: int, stop: int) -> None:
         hidden = np.isneginf(similarities)
-        overlap = self.overlaps(start, stop)
+        jaccard_similarity = self.overlaps(start, stop)
+        jaccard_similarity /= 2.0 - jaccard_similarity
         weight = self.parameters.lambda_value
-        jaccard_similarity = overlap / (2.0 - overlap)
-        score = weight / 2.0 * np.where(hidden, 0.0, similarities) + (1.0 - weight) * jaccard_similarity
-        score[hidden] = -np.inf
-        similarities[...] = score
+        # In place, in float32: the block is the engine's buffer and as large as it allows.
+        similarities[hidden] = 0.0
+        similarities *= weight / 2.0
+        jaccard_similarity *= 1.0 - weight
+        similarities += jaccard_similarity
+        similarities[hidden] = -np.inf
