@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import multiprocessing
+import runpy
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +93,32 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+#: What the forked processes of `start_forked` import once, in their server.
+FORK_SERVER_PRELOAD = ["torch", "lightning", "embedlab.cli", "embedlab.training.fit"]
+
+
+@pytest.fixture(scope="session")
+def start_forked() -> Callable[..., multiprocessing.Process]:
+    """start_forked(script, **variables) runs a Python file as __main__ in a new process, with the
+    variables set, and returns the started process.
+
+    The processes are forked from multiprocessing's fork server, which imports torch, Lightning and
+    embedlab once: a process costs its own work, not the ten seconds those imports take here. They are
+    real processes: tests kill them (or they kill themselves) with SIGKILL, or run several as the
+    processes of one DDP group.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(FORK_SERVER_PRELOAD)
+
+    def start(script: Path, **variables: Any) -> multiprocessing.Process:
+        process = context.Process(
+            target=runpy.run_path,
+            args=(str(script),),
+            kwargs={"init_globals": variables, "run_name": "__main__"},
+        )
+        process.start()
+        return process
+
+    return start

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from embedlab.config import ConfigError, load_config, parse_grid_option, read_yaml
+from embedlab.serving.cli_commands import BatchOption, CheckpointChoice
 
 if TYPE_CHECKING:
     from embedlab.evaluation.steps import Postprocessing, StepResult
@@ -31,7 +33,8 @@ SetOption = Annotated[
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # Escaped: a message quoting a path or an error with [brackets] is text, not markup.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code=2)
 
 
@@ -232,6 +235,56 @@ def _print_step_rows(rows: list[StepResult]) -> None:
     console.print(
         f"{first.n_queries} queries, {first.n_queries_without_positives} without positives "
         "(excluded from the averages)"
+    )
+
+
+@app.command()
+def embed(
+    run_dir: Annotated[Path, typer.Argument(help="A trained run folder.")],
+    images: Annotated[Path, typer.Option(help="A folder (ROOT/<label>/<image>) or a CSV of images.")],
+    out: Annotated[Path, typer.Option(help="The folder of embedding shards to write.")],
+    shard_size: Annotated[int, typer.Option(min=1, help="Images per shard file.")] = 100_000,
+    checkpoint: Annotated[CheckpointChoice, typer.Option(help="Which checkpoint of the run.")] = (
+        CheckpointChoice.best
+    ),
+    batch_size: BatchOption = None,
+    devices: Annotated[
+        int | None, typer.Option(min=1, help="Processes on this machine (DDP); default: torchrun's, else 1.")
+    ] = None,
+    num_nodes: Annotated[
+        int | None, typer.Option(min=1, help="Machines, each running --devices processes (torchrun).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Finish an interrupted embedding in --out.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing folder of shards.")] = False,
+) -> None:
+    """Embed a large image collection into shard files (embeddings and ids), on one or more processes."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from embedlab.embeddings.pipeline import embed_to_shards
+
+    try:
+        result = embed_to_shards(
+            run_dir,
+            images,
+            out,
+            shard_size=shard_size,
+            checkpoint=checkpoint.value,
+            batch_size=batch_size,
+            devices=devices,
+            num_nodes=num_nodes,
+            resume=resume,
+            force=force,
+        )
+    except (ConfigError, ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+        raise (_fail(str(error)) if rank_zero_only.rank == 0 else typer.Exit(code=2)) from None
+    if result.shards is None:
+        return
+    manifest = result.shards.manifest
+    console.print(
+        f"{out}: {manifest.n_items} images, {manifest.n_shards} shard(s) of up to {manifest.shard_size} "
+        f"({manifest.embedding_dim}-d, checkpoint sha256 {manifest.model['checkpoint_sha256'][:12]}); "
+        f"{result.embedded_shards} shard(s) embedded by this run",
+        highlight=False,
     )
 
 

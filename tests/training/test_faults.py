@@ -1,15 +1,12 @@
 """Faults a long run meets: a SIGKILL mid-epoch and mid-checkpoint write, then --resume; a NaN loss.
 
 The killed runs are real `embedlab train` processes that kill themselves with SIGKILL at a chosen
-point (so the point is exact, not a race). They start from a fork server that has imported torch and
-Lightning once, so each run costs its training only.
+point (so the point is exact, not a race), forked by `start_forked` (tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import csv
-import multiprocessing
-import runpy
 import textwrap
 from pathlib import Path
 
@@ -83,20 +80,13 @@ DRIVER = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def run_process(tmp_path_factory):
-    """run_process(argv, kill=None) -> exit code of `embedlab train` run in a forked process."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "lightning", "embedlab.cli", "embedlab.training.fit"])
+def run_process(tmp_path_factory, start_forked):
+    """run_process(argv, kill=None) -> exit code of `embedlab train ARGV` in a forked process."""
     driver = tmp_path_factory.mktemp("driver") / "driver.py"
     driver.write_text(DRIVER)
 
     def run(argv: list[str], kill: tuple[str, int] | None = None) -> int | None:
-        process = context.Process(
-            target=runpy.run_path,
-            args=(str(driver),),
-            kwargs={"init_globals": {"ARGV": argv, "KILL": kill}, "run_name": "__main__"},
-        )
-        process.start()
+        process = start_forked(driver, ARGV=argv, KILL=kill)
         process.join(timeout=300)
         return process.exitcode
 

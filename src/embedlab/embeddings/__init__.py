@@ -1,0 +1,1 @@
+"""Embeddings on disk: shards written by `embedlab embed`, read one at a time."""
