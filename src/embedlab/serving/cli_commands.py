@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from embedlab.config import ConfigError
+
+if TYPE_CHECKING:
+    from embedlab.serving.index import IndexManifest
 
 console = Console()
 
@@ -30,6 +33,7 @@ class KindChoice(StrEnum):
     flat = "flat"
     ivf = "ivf"
     hnsw = "hnsw"
+    ivfpq = "ivfpq"
 
 
 class CheckpointChoice(StrEnum):
@@ -57,14 +61,31 @@ def _fail(message: str) -> typer.Exit:
 
 @index_app.command("build")
 def index_build(
-    run_dir: Annotated[Path, typer.Argument(help="A trained run folder.")],
-    gallery: Annotated[
-        list[Path], typer.Option(help="A folder (ROOT/<label>/<image>), a CSV, or image files (repeatable).")
-    ],
     out: Annotated[Path, typer.Option(help="The index folder to write.")],
+    run_dir: Annotated[Path | None, typer.Argument(help="A trained run folder (with --gallery).")] = None,
+    gallery: Annotated[
+        list[Path] | None,
+        typer.Option(help="A folder (ROOT/<label>/<image>), a CSV, or image files (repeatable)."),
+    ] = None,
+    embeddings: Annotated[
+        Path | None,
+        typer.Option(help="Instead of RUN_DIR and --gallery: the shards `embedlab embed` wrote."),
+    ] = None,
     kind: Annotated[
-        KindChoice, typer.Option(help="faiss index: flat (exact), ivf, hnsw; auto picks by gallery size.")
+        KindChoice,
+        typer.Option(help="faiss index: flat (exact), ivf, hnsw, ivfpq; auto picks by gallery size."),
     ] = KindChoice.auto,
+    index_shards: Annotated[
+        int, typer.Option(min=1, help="Split the faiss index over this many files, searched as one.")
+    ] = 1,
+    nlist: Annotated[int | None, typer.Option(min=1, help="ivf, ivfpq: cells (default 4 * sqrt(N)).")] = None,
+    nprobe: Annotated[int, typer.Option(min=1, help="ivf, ivfpq: cells visited per query.")] = 16,
+    pq_m: Annotated[
+        int | None, typer.Option(min=1, help="ivfpq: bytes per row, a divisor of the size (default D/8).")
+    ] = None,
+    train_size: Annotated[
+        int | None, typer.Option(min=1, help="ivf, ivfpq: rows sampled to train (default 40 per cell).")
+    ] = None,
     checkpoint: Annotated[CheckpointChoice, typer.Option(help="Which checkpoint of the run.")] = (
         CheckpointChoice.best
     ),
@@ -86,12 +107,31 @@ def index_build(
     ] = None,
     qe: Annotated[str | None, typer.Option(help="Query expansion at search time: K,ALPHA.")] = None,
 ) -> None:
-    """Embed a gallery with a trained run and write a searchable index (atomically)."""
+    """Embed a gallery with a trained run, or read the shards of `embedlab embed`, and write a
+    searchable index (atomically)."""
     from embedlab.evaluation.steps import parse_expansion
     from embedlab.models.tta import TestTimeAugmentation
-    from embedlab.serving.build import IndexSteps, build_gallery_index
+    from embedlab.serving.build import FaissSettings, IndexSteps, build_gallery_index, build_index_from_shards
     from embedlab.training.evaluate import EnsembleMember
 
+    settings = FaissSettings(
+        nlist=nlist, nprobe=nprobe, pq_m=pq_m, train_size=train_size, shards=index_shards
+    )
+    if embeddings is not None:
+        steps_given = [ensemble, tta, whiten, dba, qe, label, batch_size]
+        try:
+            if run_dir is not None or gallery or any(value for value in steps_given):
+                raise ValueError(
+                    "--embeddings brings its own model and images: give it without RUN_DIR, --gallery, "
+                    "--ensemble, --tta, --whiten, --dba, --qe, --label and --batch-size"
+                )
+            manifest = build_index_from_shards(embeddings, out, kind=kind.value, faiss=settings, force=force)
+        except USER_ERRORS as error:
+            raise _fail(str(error)) from None
+        _report_index(out, manifest, identities=None)
+        return
+    if run_dir is None or not gallery:
+        raise _fail("give RUN_DIR and --gallery, or --embeddings")
     try:
         members = [EnsembleMember.parse(member) for member in ensemble or []]
         dba_setting = None if dba is None else parse_expansion("--dba", dba)
@@ -113,17 +153,28 @@ def index_build(
             batch_size=batch_size,
             force=force,
             steps=steps,
+            faiss=settings,
         )
     except USER_ERRORS as error:
         raise _fail(str(error)) from None
-    identities = len({item.label for item in index.items})
-    manifest = index.manifest
+    _report_index(out, index.manifest, identities=len({item.label for item in index.items}))
+
+
+def _report_index(out: Path, manifest: IndexManifest, identities: int | None) -> None:
+    record = manifest.faiss
+    of_identities = "" if identities is None else f" of {identities} identities"
+    split = f" in {record.shards} files" if record.shards > 1 else ""
     console.print(
-        f"indexed {len(index)} images of {identities} identities into {out} "
-        f"({manifest.faiss.kind} index, {index.embedding_dim}-d embeddings, checkpoint sha256 "
-        f"{manifest.model.checkpoint_sha256[:12]})",
+        f"indexed {manifest.size} images{of_identities} into {out} ({record.kind} index{split}, "
+        f"{manifest.vector_dim}-d embeddings, checkpoint sha256 {manifest.model.checkpoint_sha256[:12]})",
         highlight=False,
     )
+    if record.recall is not None:
+        console.print(
+            f"recall@{record.recall.k} against exact search: {record.recall.recall:.4f} "
+            f"({record.recall.n_queries} gallery images as queries, nprobe {record.ivf_nprobe})",
+            highlight=False,
+        )
 
 
 @index_app.command("add")

@@ -5,7 +5,9 @@ INDEX_DIR/
                    sha256, embedding size, preprocessing, post-processing, faiss kind, open-set threshold
   items.jsonl      one gallery item per line in id order: {"path", "label", "extra": {CSV columns}}
   embeddings.npy   (N, D) float32 unit rows in id order, kept so the faiss index can be rebuilt
-  index.faiss      the faiss index over those rows: IndexFlatIP, IndexIVFFlat or IndexHNSWFlat
+  index.faiss      the faiss index over those rows: IndexFlatIP, IndexIVFFlat, IndexHNSWFlat or
+                   IndexIVFPQ; or index-000.faiss, index-001.faiss, ... when it is split over several
+                   files (faiss.shards), shard i holding a contiguous range of ids, searched as one
   whitening.npz    the PCA whitening of the vectors, when the index was built with one
 
 Every write builds a complete new folder beside the old one (`.INDEX_DIR.incoming`) and swaps it in
@@ -25,7 +27,7 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +36,17 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from embedlab.retrieval.knn import IndexOptions, SearchMethod, build_index
+from embedlab.retrieval.sharded import (
+    IndexSpec,
+    ShardedIndexBuilder,
+    add_rows,
+    combine,
+    empty_index,
+    measure_index_recall,
+    parts,
+    sample_rows,
+    set_search_parameters,
+)
 from embedlab.retrieval.whitening import PCAWhitening
 
 MANIFEST_FILE = "manifest.json"
@@ -45,9 +57,9 @@ WHITENING_FILE = "whitening.npz"
 FORMAT_VERSION = 1
 
 CheckpointName = Literal["best", "last"]
-IndexKind = Literal["flat", "ivf", "hnsw"]
-RequestedKind = Literal["auto", "flat", "ivf", "hnsw"]
-INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "hnsw")
+IndexKind = Literal["flat", "ivf", "hnsw", "ivfpq"]
+RequestedKind = Literal["auto", "flat", "ivf", "hnsw", "ivfpq"]
+INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "hnsw", "ivfpq")
 
 # Up to FLAT_MAX_ITEMS an exact scan of the gallery costs a few milliseconds per query on one core
 # (1e5 x 128 multiply-adds), so exact answers are free. HNSW answers in about log(N) and needs no
@@ -55,8 +67,10 @@ INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "hnsw")
 # above HNSW_MAX_ITEMS an IVF index (k-means cells, trained once) builds and grows more cheaply.
 FLAT_MAX_ITEMS = 100_000
 HNSW_MAX_ITEMS = 1_000_000
-
-_FAISS_METHOD: dict[IndexKind, SearchMethod] = {"flat": "exact", "ivf": "ivf", "hnsw": "hnsw"}
+#: Gallery rows searched as queries (each left out of its own results) to measure an approximate
+#: index's recall@10 against exact search when it is built.
+RECALL_QUERIES = 1000
+RECALL_K = 10
 
 
 def choose_kind(requested: RequestedKind, n_items: int) -> IndexKind:
@@ -122,25 +136,47 @@ class PostprocessingRecord(_Record):
     qe: ExpansionRecord | None = None
 
 
+class RecallRecord(_Record):
+    """recall@k of the faiss index against exact search, measured when it was built, with n_queries
+    gallery rows as queries (each left out of its own results)."""
+
+    k: int = Field(gt=0)
+    n_queries: int = Field(ge=0)
+    recall: float = Field(ge=0.0, le=1.0)
+
+
 class FaissRecord(_Record):
-    """The faiss index kind and its parameters (see `embedlab.retrieval.IndexOptions`)."""
+    """The faiss index kind and its parameters (see `embedlab.retrieval.sharded.IndexSpec`)."""
 
     kind: IndexKind
     requested_kind: RequestedKind = Field(description="what the user asked for; auto follows the size")
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 128
-    ivf_nlist: int | None = None
-    ivf_nprobe: int = 16
+    ivf_nlist: int | None = Field(None, description="IVF cells (ivf, ivfpq); set when built")
+    ivf_nprobe: int = Field(16, description="cells visited per query")
+    train_size: int | None = Field(None, description="rows sampled to train the cells and codebooks")
+    pq_m: int | None = Field(None, description="ivfpq: sub-vectors per row, one code of pq_nbits each")
+    pq_nbits: int = Field(8, ge=1, le=16)
+    shards: int = Field(1, ge=1, description="faiss files the index is split over, searched as one")
+    recall: RecallRecord | None = Field(None, description="approximate kinds, at build time")
 
-    def options(self) -> IndexOptions:
-        return IndexOptions(
+    def spec(self) -> IndexSpec:
+        return IndexSpec(
+            kind=self.kind,
             hnsw_m=self.hnsw_m,
             hnsw_ef_construction=self.hnsw_ef_construction,
-            hnsw_ef_search=self.hnsw_ef_search,
-            ivf_nlist=self.ivf_nlist,
-            ivf_nprobe=self.ivf_nprobe,
+            nlist=self.ivf_nlist,
+            pq_m=self.pq_m,
+            pq_nbits=self.pq_nbits,
+            train_size=self.train_size,
         )
+
+    def files(self) -> list[str]:
+        """The faiss files of the index, in shard order."""
+        if self.shards == 1:
+            return [FAISS_FILE]
+        return [f"index-{shard:03d}.faiss" for shard in range(self.shards)]
 
 
 class SourceRecord(_Record):
@@ -208,21 +244,48 @@ class GalleryItem:
 # --------------------------------------------------------------------------------------------- index
 
 
-def make_faiss_index(embeddings: np.ndarray, record: FaissRecord) -> Any:
-    """A faiss inner-product index of record.kind over unit rows (N, D) float32."""
-    if embeddings.shape[0] == 0:
+def build_faiss_index(
+    record: FaissRecord,
+    n_rows: int,
+    dim: int,
+    rows_of: Callable[[np.ndarray], np.ndarray],
+    blocks: Callable[[], Iterator[np.ndarray]],
+) -> tuple[Any, FaissRecord]:
+    """The faiss index the record describes over a gallery of n_rows unit rows (dim columns), and the
+    record with what was chosen (cells, PQ sub-vectors, training rows) and the measured recall@10.
+
+    The gallery is never needed in memory at once: `blocks()` streams its rows in id order (it is read
+    twice: to add the rows, and to search exactly for the recall) and `rows_of(ids)` fetches the sampled
+    training rows and recall queries. The cells and codebooks are trained once, on a sample; each of
+    record.shards shards is a copy of that trained, empty index filled with its own range of rows.
+    """
+    if n_rows == 0:
         raise ValueError("the gallery is empty; an index needs at least one image")
-    return build_index(embeddings, _FAISS_METHOD[record.kind], options=record.options())
+    spec = record.spec().resolved(n_rows, dim)
+    sample = None
+    if spec.train_size is not None and spec.kind in ("ivf", "ivfpq"):
+        sample = rows_of(sample_rows(n_rows, spec.train_size, seed=0))
+    builder = ShardedIndexBuilder(empty_index(spec, dim, sample), n_rows, record.shards)
+    for block in blocks():
+        builder.add(block)
+    faiss_index = builder.finish()
+    configure_search(faiss_index, record)
+    recall = None
+    if record.kind != "flat":
+        query_ids = sample_rows(n_rows, min(RECALL_QUERIES, n_rows), seed=1)
+        estimate = measure_index_recall(faiss_index, rows_of(query_ids), query_ids, blocks(), RECALL_K)
+        recall = RecallRecord(k=estimate.k, n_queries=estimate.n_queries, recall=estimate.recall)
+    resolved = record.model_copy(
+        update={"ivf_nlist": spec.nlist, "pq_m": spec.pq_m, "train_size": spec.train_size, "recall": recall}
+    )
+    return faiss_index, resolved
 
 
 def configure_search(faiss_index: Any, record: FaissRecord) -> None:
     """Set the search-time parameters of an approximate index from the manifest, once, at load: faiss
     only reads them during searches, so concurrent searches stay safe."""
-    if record.kind == "hnsw":
-        # faiss searches at least k candidates whatever efSearch says, so a large k stays exact enough.
-        faiss_index.hnsw.efSearch = record.hnsw_ef_search
-    elif record.kind == "ivf":
-        faiss_index.nprobe = record.ivf_nprobe
+    # faiss searches at least k candidates whatever efSearch says, so a large k stays exact enough.
+    set_search_parameters(faiss_index, nprobe=record.ivf_nprobe, ef_search=record.hnsw_ef_search)
 
 
 @dataclass
@@ -254,11 +317,13 @@ class GalleryIndex:
         """Build the faiss index the manifest's faiss record names over `embeddings` (N, D)."""
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         _check_rows(len(items), embeddings, manifest.vector_dim)
-        faiss_index = make_faiss_index(embeddings, manifest.faiss)
-        configure_search(faiss_index, manifest.faiss)
-        faiss_record = manifest.faiss
-        if manifest.faiss.kind == "ivf":
-            faiss_record = faiss_record.model_copy(update={"ivf_nlist": int(faiss_index.nlist)})
+        faiss_index, faiss_record = build_faiss_index(
+            manifest.faiss,
+            len(embeddings),
+            embeddings.shape[1],
+            rows_of=lambda ids: embeddings[ids],
+            blocks=lambda: iter([embeddings]),
+        )
         manifest = manifest.model_copy(update={"size": len(items), "faiss": faiss_record})
         return cls(manifest, list(items), embeddings, faiss_index, whitening)
 
@@ -296,10 +361,13 @@ class GalleryIndex:
             update={"updated_at": utc_now(), "sources": [*self.manifest.sources, source]}
         )
         if kind != self.manifest.faiss.kind:
-            manifest.faiss = manifest.faiss.model_copy(update={"kind": kind, "ivf_nlist": None})
+            manifest.faiss = manifest.faiss.model_copy(
+                update={"kind": kind, "ivf_nlist": None, "pq_m": None, "train_size": None, "recall": None}
+            )
             return GalleryIndex.create(manifest, all_items, all_embeddings, self.whitening)
-        # faiss adds to its own copy; an IVF index files the new rows under its trained cells.
-        self.faiss_index.add(embeddings)
+        # faiss adds to its own copy; an IVF index files the new rows under its trained cells, a sharded
+        # index puts them in its last shard.
+        add_rows(self.faiss_index, embeddings)
         manifest.size = len(all_items)
         return GalleryIndex(manifest, all_items, all_embeddings, self.faiss_index, self.whitening)
 
@@ -355,7 +423,6 @@ def _recover(index_dir: Path) -> None:
 
 
 def _write_files(index: GalleryIndex, folder: Path) -> None:
-    import faiss
 
     with (folder / EMBEDDINGS_FILE).open("wb") as stream:
         np.save(stream, np.ascontiguousarray(index.embeddings, dtype=np.float32))
@@ -366,13 +433,50 @@ def _write_files(index: GalleryIndex, folder: Path) -> None:
             stream.write(json.dumps({"path": item.path, "label": item.label, "extra": item.extra}) + "\n")
         stream.flush()
         os.fsync(stream.fileno())
-    faiss.write_index(index.faiss_index, str(folder / FAISS_FILE))
-    _fsync_path(folder / FAISS_FILE)
+    write_faiss_files(index.faiss_index, index.manifest.faiss, folder)
     if index.whitening is not None:
         index.whitening.save(folder / WHITENING_FILE)
-    # The manifest goes last: a folder with a manifest has everything the manifest describes.
+    write_manifest_last(index.manifest, folder)
+
+
+def write_faiss_files(faiss_index: Any, record: FaissRecord, folder: Path) -> None:
+    """The index's shards to their files (record.files()), each flushed to disk."""
+    import faiss
+
+    shards = parts(faiss_index)
+    if len(shards) != record.shards:
+        raise ValueError(f"the faiss index has {len(shards)} shards, its record says {record.shards}")
+    for name, shard in zip(record.files(), shards, strict=True):
+        faiss.write_index(shard, str(folder / name))
+        _fsync_path(folder / name)
+
+
+def write_streamed_rows(
+    folder: Path, n_rows: int, dim: int, blocks: Iterable[np.ndarray], items_file: Path
+) -> None:
+    """embeddings.npy filled block by block (rows in id order, never all in memory) and items.jsonl
+    copied from `items_file` (lines of the same form), each flushed to disk."""
+    rows = np.lib.format.open_memmap(
+        folder / EMBEDDINGS_FILE, mode="w+", dtype=np.float32, shape=(n_rows, dim)
+    )
+    start = 0
+    for block in blocks:
+        rows[start : start + len(block)] = block
+        start += len(block)
+    if start != n_rows:
+        raise ValueError(f"the blocks held {start} rows, {n_rows} were expected")
+    rows.flush()
+    del rows
+    shutil.copyfile(items_file, folder / ITEMS_FILE)
+    _fsync_path(folder / EMBEDDINGS_FILE)
+    _fsync_path(folder / ITEMS_FILE)
+
+
+def write_manifest_last(manifest: IndexManifest, folder: Path) -> None:
+    """The manifest, flushed, and the folder's entries: a folder with a manifest has everything the
+    manifest describes."""
     with (folder / MANIFEST_FILE).open("w") as stream:
-        stream.write(index.manifest.model_dump_json(indent=2) + "\n")
+        stream.write(manifest.model_dump_json(indent=2) + "\n")
         stream.flush()
         os.fsync(stream.fileno())
     _fsync_path(folder)
@@ -415,6 +519,12 @@ def write_index(index: GalleryIndex, index_dir: str | Path, *, replace: bool = F
 
     An existing index is replaced only with replace=True; a folder that is not an index never is.
     """
+    write_index_folder(index_dir, lambda folder: _write_files(index, folder), replace=replace)
+
+
+def write_index_folder(index_dir: str | Path, fill: Callable[[Path], None], *, replace: bool = False) -> None:
+    """Let `fill(folder)` write an index's files into a new folder, then swap it in for index_dir
+    atomically (see the module docstring); fill writes the manifest last and flushes what it writes."""
     index_dir = Path(index_dir).absolute()
     index_dir.parent.mkdir(parents=True, exist_ok=True)
     with _folder_lock(index_dir.parent):
@@ -423,7 +533,7 @@ def write_index(index: GalleryIndex, index_dir: str | Path, *, replace: bool = F
         incoming = _sibling(index_dir, "incoming")
         incoming.mkdir()
         try:
-            _write_files(index, incoming)
+            fill(incoming)
         except BaseException:
             shutil.rmtree(incoming, ignore_errors=True)
             raise
@@ -468,19 +578,22 @@ def load_index(index_dir: str | Path) -> GalleryIndex:
         items = _read_items(index_dir / ITEMS_FILE)
         # Memory-mapped: the server keeps the rows for rebuilding only, search goes through faiss.
         embeddings = np.load(index_dir / EMBEDDINGS_FILE, mmap_mode="r")
-        faiss_index = faiss.read_index(str(index_dir / FAISS_FILE))
+        missing = [name for name in manifest.faiss.files() if not (index_dir / name).is_file()]
+        if missing:
+            raise ValueError(f"index {index_dir} is inconsistent: {', '.join(missing)} missing; rebuild it")
+        faiss_index = combine([faiss.read_index(str(index_dir / name)) for name in manifest.faiss.files()])
     dim = manifest.vector_dim
     checks = {
         f"{ITEMS_FILE} rows": len(items),
         f"{EMBEDDINGS_FILE} rows": embeddings.shape[0],
-        f"{FAISS_FILE} vectors": int(faiss_index.ntotal),
+        f"{'+'.join(manifest.faiss.files())} vectors": int(faiss_index.ntotal),
     }
     wrong = {name: count for name, count in checks.items() if count != manifest.size}
     if wrong or embeddings.shape[1:] != (dim,) or faiss_index.d != dim:
         raise ValueError(
             f"index {index_dir} is inconsistent: the manifest says {manifest.size} items of size {dim}, "
             f"but {', '.join(f'{k}: {v}' for k, v in checks.items())}, {EMBEDDINGS_FILE} shape "
-            f"{embeddings.shape}, {FAISS_FILE} dimension {faiss_index.d}; rebuild it"
+            f"{embeddings.shape}, faiss dimension {faiss_index.d}; rebuild it"
         )
     whitening = None
     if manifest.postprocessing.whitening_dim is not None:
