@@ -15,6 +15,7 @@ from embedlab.config import ConfigError, load_config, parse_grid_option, read_ya
 from embedlab.serving.cli_commands import BatchOption, CheckpointChoice
 
 if TYPE_CHECKING:
+    from embedlab.evaluation import RetrievalResult
     from embedlab.evaluation.steps import Postprocessing, StepResult
     from embedlab.reporting.embedding_map import MapMethod
 
@@ -109,6 +110,12 @@ def evaluate(
         typer.Option(help="Ignore groups .npy: (Nq,) without a gallery, else (Nq+Ng,) queries first."),
     ] = None,
     metrics: Annotated[str | None, typer.Option(help="Comma-separated metric names.")] = None,
+    query_shards: Annotated[
+        Path | None, typer.Option(help="Query embeddings as shards of `embedlab embed`, read one at a time.")
+    ] = None,
+    gallery_shards: Annotated[
+        Path | None, typer.Option(help="Gallery shards (default: the queries searched in themselves).")
+    ] = None,
     ensemble: Annotated[
         list[str] | None,
         typer.Option(help="Another run to ensemble with RUN_DIR: RUN_DIR[:WEIGHT] (repeatable)."),
@@ -128,12 +135,23 @@ def evaluate(
     With --ensemble, --tta, --whiten, --dba, --qe or --rerank, one row per step, each adding its step to
     the rows above it (in this order), so the table shows what each step added and what it cost.
     """
-    from embedlab.evaluation import evaluate_embedding_files
+    from embedlab.evaluation import evaluate_embedding_files, evaluate_shards
+    from embedlab.evaluation.shards import SHARD_METRICS
     from embedlab.evaluation.steps import Postprocessing, parse_expansion, parse_rerank
     from embedlab.training.evaluate import evaluate_run
 
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     try:
+        if query_shards is not None or gallery_shards is not None:
+            if query_shards is None or run_dir is not None or query_embeddings is not None:
+                raise ValueError(
+                    "--gallery-shards needs --query-shards, which takes no RUN_DIR or .npy files"
+                )
+            if ensemble or tta or whiten or dba or qe or rerank or groups:
+                raise ValueError("shards are evaluated as they are: no retrieval steps or --groups")
+            result = evaluate_shards(query_shards, gallery_shards, metrics=metric_names or SHARD_METRICS)
+            _print_result(result, as_json)
+            return
         if run_dir is not None and query_embeddings is not None:
             raise ValueError("give either RUN_DIR or --query-embeddings, not both")
         if run_dir is None and (query_embeddings is None or query_labels is None):
@@ -170,14 +188,19 @@ def evaluate(
             typer.echo(json.dumps([row.to_dict() for row in rows]))
         else:
             _print_step_rows(rows)
-    elif as_json:
-        typer.echo(json.dumps(result.to_dict()))
     else:
-        _print_metrics(result.metrics, "retrieval metrics")
-        console.print(
-            f"{result.n_queries} queries, {result.n_queries_without_positives} without positives "
-            "(excluded from the averages)"
-        )
+        _print_result(result, as_json)
+
+
+def _print_result(result: RetrievalResult, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    _print_metrics(result.metrics, "retrieval metrics")
+    console.print(
+        f"{result.n_queries} queries, {result.n_queries_without_positives} without positives "
+        "(excluded from the averages)"
+    )
 
 
 def _evaluate_steps(

@@ -15,6 +15,7 @@ from embedlab.evaluation.engine import (
     parse_metric,
     parse_metrics,
 )
+from embedlab.evaluation.shards import evaluate_shards
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -26,6 +27,7 @@ __all__ = [
     "evaluate_embedding_files",
     "evaluate_retrieval",
     "evaluate_scenarios",
+    "evaluate_shards",
     "format_metrics_table",
     "load_embedding_files",
     "parse_metric",
