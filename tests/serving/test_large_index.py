@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from embedlab.cli import app
 from embedlab.embeddings.pipeline import embed_to_shards
 from embedlab.embeddings.shards import Shard, ShardSpec, write_items, write_manifest, write_shard, write_spec
-from embedlab.serving.build import FaissSettings, add_to_gallery_index, build_index_from_shards
+from embedlab.serving.build import add_to_gallery_index
 from embedlab.serving.index import load_index
+from embedlab.serving.large import FaissSettings, build_index_from_shards
 from embedlab.serving.searcher import open_searcher
 
 
@@ -128,7 +129,7 @@ KILLED_BUILD = textwrap.dedent(
     """
     import os, signal
     import faiss
-    from embedlab.serving.build import FaissSettings, build_index_from_shards
+    from embedlab.serving.large import FaissSettings, build_index_from_shards
 
     real_write, calls = faiss.write_index, []
 

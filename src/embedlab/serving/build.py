@@ -1,5 +1,4 @@
-"""`build_gallery_index` and `add_to_gallery_index`: gallery images -> embeddings -> an index folder;
-`build_index_from_shards`: the shards `embedlab embed` wrote -> an index folder, one shard at a time.
+"""`build_gallery_index` and `add_to_gallery_index`: gallery images -> embeddings -> an index folder.
 
 A gallery is one folder (ROOT/<label>/<image>), one CSV (columns `path`, `label`, any others kept as
 item metadata; with an `is_gallery` column only the rows marked true are indexed), or a list of image
@@ -16,8 +15,6 @@ import torch
 
 from embedlab.data.images import ImageFiles
 from embedlab.data.sources import IMAGE_SUFFIXES, read_csv, read_folder
-from embedlab.embeddings.shards import ITEMS_FILE as SHARD_ITEMS_FILE
-from embedlab.embeddings.shards import EmbeddingShards
 from embedlab.models.tta import TestTimeAugmentation
 from embedlab.retrieval.expansion import database_augmentation
 from embedlab.serving.index import (
@@ -32,17 +29,13 @@ from embedlab.serving.index import (
     PreprocessingRecord,
     RequestedKind,
     SourceRecord,
-    build_faiss_index,
     check_writable,
     choose_kind,
     load_index,
     utc_now,
-    write_faiss_files,
     write_index,
-    write_index_folder,
-    write_manifest_last,
-    write_streamed_rows,
 )
+from embedlab.serving.large import FaissSettings
 from embedlab.serving.pipeline import EmbeddingPipeline
 from embedlab.serving.searcher import checkpoint_sha256, load_matching_run, load_pipeline
 from embedlab.training.run_dir import LoadedRun, load_run
@@ -141,30 +134,6 @@ def new_manifest(run: LoadedRun, which: CheckpointName, kind: RequestedKind, n_i
 
 
 @dataclass(frozen=True)
-class FaissSettings:
-    """The faiss choices of `index build` besides the kind; None leaves them to the gallery's size
-    (see `embedlab.retrieval.sharded.IndexSpec`)."""
-
-    nlist: int | None = None
-    nprobe: int = 16
-    pq_m: int | None = None
-    train_size: int | None = None
-    shards: int = 1
-
-    def applied_to(self, record: FaissRecord) -> FaissRecord:
-        return FaissRecord.model_validate(
-            {
-                **record.model_dump(),
-                "ivf_nlist": self.nlist,
-                "ivf_nprobe": self.nprobe,
-                "pq_m": self.pq_m,
-                "train_size": self.train_size,
-                "shards": self.shards,
-            }
-        )
-
-
-@dataclass(frozen=True)
 class IndexSteps:
     """What an index adds to its model: ensemble members (run folder, weight), test-time views, PCA
     whitening learned on the gallery, database-side augmentation of the gallery, query expansion."""
@@ -229,49 +198,6 @@ def build_gallery_index(
     index = GalleryIndex.create(manifest, data.items, embeddings, pipeline.whitening)
     write_index(index, out, replace=force)
     return index
-
-
-def build_index_from_shards(
-    embeddings: str | Path,
-    out: str | Path,
-    *,
-    kind: RequestedKind = "auto",
-    faiss: FaissSettings | None = None,
-    force: bool = False,
-) -> IndexManifest:
-    """Write an index folder over the shards `embedlab embed` wrote, holding one shard in memory at a
-    time: the cells and codebooks are trained on a sample of rows, the rows are added shard by shard,
-    embeddings.npy is filled shard by shard, items.jsonl is copied. Returns the manifest written."""
-    out = Path(out)
-    check_writable(out, replace=force)
-    shards = EmbeddingShards(embeddings)
-    n_items, dim = len(shards), shards.dim
-    now = utc_now()
-    manifest = IndexManifest(
-        created_at=now,
-        updated_at=now,
-        size=n_items,
-        versions=package_versions(),
-        model=ModelRecord.model_validate(shards.manifest.model),
-        preprocessing=PreprocessingRecord.model_validate(shards.manifest.preprocessing),
-        faiss=(faiss or FaissSettings()).applied_to(
-            FaissRecord(kind=choose_kind(kind, n_items), requested_kind=kind)
-        ),
-        sources=[SourceRecord(source=shards.manifest.source, items=n_items, added_at=now)],
-    )
-    faiss_index, manifest.faiss = build_faiss_index(
-        manifest.faiss, n_items, dim, rows_of=shards.rows, blocks=lambda: (s.embeddings for s in shards)
-    )
-
-    def fill(folder: Path) -> None:
-        write_streamed_rows(
-            folder, n_items, dim, (shard.embeddings for shard in shards), shards.folder / SHARD_ITEMS_FILE
-        )
-        write_faiss_files(faiss_index, manifest.faiss, folder)
-        write_manifest_last(manifest, folder)
-
-    write_index_folder(out, fill, replace=force)
-    return manifest
 
 
 @dataclass

@@ -111,7 +111,8 @@ def index_build(
     searchable index (atomically)."""
     from embedlab.evaluation.steps import parse_expansion
     from embedlab.models.tta import TestTimeAugmentation
-    from embedlab.serving.build import FaissSettings, IndexSteps, build_gallery_index, build_index_from_shards
+    from embedlab.serving.build import IndexSteps, build_gallery_index
+    from embedlab.serving.large import FaissSettings, build_index_from_shards
     from embedlab.training.evaluate import EnsembleMember
 
     settings = FaissSettings(
