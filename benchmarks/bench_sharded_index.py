@@ -9,7 +9,8 @@ several files, beside exact faiss search (IndexFlatIP) as the peer, measured in 
    (defaults: 4 x sqrt(N) = 4,000 cells, 16-byte codes, trained on a sample of 160,000 rows) split over
    4 files, in a process of its own: wall time and peak resident memory (ru_maxrss of that process).
 3. The index is loaded as a server loads it (`load_index`) and searched for the top 10 of the 10,000
-   queries in one batch (median of 3) and of 1,000 queries one at a time: queries per second.
+   queries in one batch (median of 3) and of 1,000 queries one at a time: queries per second; then the
+   first 1,000 queries again in one batch with 16, 64 and 256 cells probed, for recall against speed.
 4. The peer: faiss IndexFlatIP over the same shards (all rows in memory, as exact search needs), in a
    process of its own: build time, peak memory, and the exact top 10 of the first 1,000 queries
    (median of 3 timed batches), which is the ground truth of IVF-PQ's recall@10.
@@ -41,6 +42,7 @@ NOISE_NORM = 0.6
 N_QUERIES = 10_000
 RECALL_QUERIES = 1_000
 K = 10
+NPROBES = (16, 64, 256)
 
 SYNTHETIC_MODEL = {
     "run_dir": "synthetic",
@@ -53,7 +55,11 @@ SYNTHETIC_PREPROCESSING = {"channels": 3, "image_size": 1, "mean": [0.0] * 3, "s
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    """This process's peak resident set size: VmHWM, the high-water mark of its own memory (ru_maxrss
+    would carry over the parent's peak across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -155,10 +161,19 @@ def search_role(index_dir: str, queries: str, ids_out: str) -> dict[str, Any]:
     single = rows[:RECALL_QUERIES]
     one_seconds, _ = _timed(lambda: [index.search(single[i : i + 1], K) for i in range(len(single))], 1)
     np.save(ids_out, ids[:RECALL_QUERIES])
+    from embedlab.retrieval.sharded import set_search_parameters
+
+    probes = {}
+    for nprobe in NPROBES:
+        set_search_parameters(index.faiss_index, nprobe=nprobe, ef_search=128)
+        seconds, (_, probe_ids) = _timed(lambda: index.search(single, K), repeats=3)
+        np.save(ids_out.replace(".npy", f"-nprobe{nprobe}.npy"), probe_ids)
+        probes[nprobe] = len(single) / seconds
     return {
         "load_seconds": load_seconds,
         "batch_queries_per_second": len(rows) / batch_seconds,
         "single_queries_per_second": len(single) / one_seconds,
+        "queries_per_second_by_nprobe": probes,
         "peak_rss_mib": peak_rss_mib(),
     }
 
@@ -246,7 +261,14 @@ def main() -> None:
 
         from embedlab.retrieval.sharded import recall_at_k
 
-        recall = recall_at_k(np.load(folder / "ivfpq.npy"), np.load(folder / "flat.npy"))
+        exact = np.load(folder / "flat.npy")
+        recall = recall_at_k(np.load(folder / "ivfpq.npy"), exact)
+        for nprobe in NPROBES:
+            found = np.load(folder / f"ivfpq-nprobe{nprobe}.npy")
+            speed = search["queries_per_second_by_nprobe"][str(nprobe)]
+            print(
+                f"nprobe {nprobe}: recall@{K} {recall_at_k(found, exact):.4f}, {speed:,.0f} q/s", flush=True
+            )
         print(
             f"\nrecall@{K} of IVF-PQ against exact search, {RECALL_QUERIES} held-out queries: {recall:.4f}\n"
             f"search, batch of queries: IVF-PQ {search['batch_queries_per_second']:,.0f} q/s, flat "
