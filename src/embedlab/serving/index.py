@@ -266,6 +266,7 @@ def build_faiss_index(
     if spec.train_size is not None and spec.kind in ("ivf", "ivfpq"):
         sample = rows_of(sample_rows(n_rows, spec.train_size, seed=0))
     builder = ShardedIndexBuilder(empty_index(spec, dim, sample), n_rows, record.shards)
+    del sample  # the training rows are not needed past training
     for block in blocks():
         builder.add(block)
     faiss_index = builder.finish()
