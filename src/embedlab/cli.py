@@ -226,15 +226,7 @@ def _evaluate_steps(
         )
     if ensemble or tta:
         raise ValueError("--ensemble and --tta embed images with trained models: give a RUN_DIR")
-    loaded = load_embedding_files(*files)  # type: ignore[arg-type]
-    problem = RetrievalProblem.build(
-        loaded.queries,
-        loaded.query_labels,
-        loaded.gallery,
-        loaded.gallery_labels,
-        query_groups=loaded.query_groups,
-        gallery_groups=loaded.gallery_groups,
-    )
+    problem = RetrievalProblem.from_files(load_embedding_files(*files))  # type: ignore[arg-type]
     names = metric_names or list(DEFAULT_METRICS)
     return [score_step("embeddings", problem, names, 0.0), *postprocessing_rows(problem, steps, names)]
 

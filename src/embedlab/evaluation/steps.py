@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from embedlab.evaluation.engine import RetrievalResult, evaluate_retrieval
+from embedlab.evaluation.engine import EmbeddingFiles, RetrievalResult, evaluate_retrieval
 from embedlab.retrieval.expansion import database_augmentation, query_expansion
 from embedlab.retrieval.knn import as_embedding_matrix
 from embedlab.retrieval.reranking import KReciprocalParameters, KReciprocalReranker
@@ -97,6 +97,18 @@ class RetrievalProblem:
     gallery_groups: np.ndarray | None = None
 
     @classmethod
+    def from_files(cls, files: EmbeddingFiles) -> RetrievalProblem:
+        """The problem of `embedlab evaluate`'s .npy files (see `load_embedding_files`)."""
+        return cls.build(
+            files.queries,
+            files.query_labels,
+            files.gallery,
+            files.gallery_labels,
+            query_groups=files.query_groups,
+            gallery_groups=files.gallery_groups,
+        )
+
+    @classmethod
     def build(
         cls,
         queries: Any,
@@ -138,6 +150,14 @@ class RetrievalProblem:
             gallery_groups=None if qgroups is None else qgroups[grows],
         )
 
+    def exclusions(self) -> dict[str, Any]:
+        """The keyword arguments that hide from each query what evaluation hides from it."""
+        return {
+            "exclude_index": self.exclude_index,
+            "query_groups": self.query_groups,
+            "gallery_groups": self.gallery_groups,
+        }
+
     def score(self, metrics: Sequence[str], rescore: Any = None) -> RetrievalResult:
         if self.gallery is self.queries:
             # The set searched in itself, as a plain evaluation does it (the same float rounding).
@@ -154,10 +174,8 @@ class RetrievalProblem:
             self.gallery,
             self.gallery_labels,
             metrics=list(metrics),
-            query_groups=self.query_groups,
-            gallery_groups=self.gallery_groups,
-            exclude_index=self.exclude_index,
             rescore=rescore,
+            **self.exclusions(),
         )
 
 
@@ -242,29 +260,14 @@ def postprocessing_rows(
     if steps.qe is not None:
         qe = steps.qe
         expanded, seconds = _timed(
-            lambda: query_expansion(
-                problem.queries,
-                problem.gallery,
-                qe.k,
-                qe.alpha,
-                exclude_index=problem.exclude_index,
-                query_groups=problem.query_groups,
-                gallery_groups=problem.gallery_groups,
-            )
+            lambda: query_expansion(problem.queries, problem.gallery, qe.k, qe.alpha, **problem.exclusions())
         )
         problem = replace(problem, queries=expanded)
         rows.append(score_step(f"qe {qe.label()}", problem, metrics, seconds))
     if steps.rerank is not None:
         parameters = steps.rerank
         reranker, seconds = _timed(
-            lambda: KReciprocalReranker(
-                problem.queries,
-                problem.gallery,
-                parameters,
-                exclude_index=problem.exclude_index,
-                query_groups=problem.query_groups,
-                gallery_groups=problem.gallery_groups,
-            )
+            lambda: KReciprocalReranker(problem.queries, problem.gallery, parameters, **problem.exclusions())
         )
         label = f"rerank k1={parameters.k1} k2={parameters.k2} lambda={parameters.lambda_value:g}"
         rows.append(score_step(label, problem, metrics, seconds, rescore=reranker))
