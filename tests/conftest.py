@@ -122,3 +122,15 @@ def start_forked() -> Callable[..., multiprocessing.Process]:
         return process
 
     return start
+
+
+@pytest.fixture
+def one_faiss_thread() -> Iterator[None]:
+    """faiss on one thread: the tests' indexes are tiny, and its OpenMP threads spin against the other
+    processes of a busy 2-core machine (training a small PQ took 0.3 s on one thread, 9 s on two)."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)

@@ -3,8 +3,6 @@ exact search streamed over blocks, and recall against it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import faiss
 import numpy as np
 import pytest
@@ -24,15 +22,7 @@ from embedlab.retrieval.sharded import (
     shard_bounds,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread() -> Iterator[None]:
-    """faiss on one thread: these indexes are tiny, and its OpenMP threads spin against the other
-    processes of a busy 2-core machine (training a small PQ took 0.3 s on one thread, 9 s on two)."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

@@ -4,10 +4,8 @@ split over several faiss files and searched as one, with recall@10 against exact
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -20,15 +18,7 @@ from embedlab.serving.index import load_index
 from embedlab.serving.large import FaissSettings, build_index_from_shards
 from embedlab.serving.searcher import open_searcher
 
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread() -> Iterator[None]:
-    """faiss on one thread: these indexes are tiny, and its OpenMP threads spin against the other
-    processes of a busy 2-core machine (training a small PQ took 0.3 s on one thread, 9 s on two)."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")

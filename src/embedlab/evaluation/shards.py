@@ -23,18 +23,12 @@ import numpy as np
 
 from embedlab.embeddings.shards import EmbeddingShards
 from embedlab.evaluation import metrics as M
-from embedlab.evaluation.engine import RetrievalResult, parse_metrics
+from embedlab.evaluation.engine import DEFAULT_METRICS, RetrievalResult, parse_metrics
 from embedlab.retrieval.sharded import exact_neighbours
 
-#: Metrics computed from each query's top d (see the module docstring).
-SHARD_METRICS: tuple[str, ...] = (
-    "precision_at_1",
-    "recall_at_1",
-    "recall_at_5",
-    "recall_at_10",
-    "r_precision",
-    "map_at_r",
-)
+#: The default metrics that each query's top d gives (see the module docstring): all but the
+#: whole-ranking ones.
+SHARD_METRICS: tuple[str, ...] = tuple(name for name in DEFAULT_METRICS if name not in ("map", "mrr"))
 QUERY_BLOCK_ROWS = 1024
 
 
