@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from embedlab.data.sources import read_folder
+from embedlab.evaluation.steps import Expansion
 from embedlab.models.inference import embed
 from embedlab.models.tta import TestTimeAugmentation
 from embedlab.retrieval.ensemble import concatenate_embeddings
@@ -39,7 +40,7 @@ def gallery_vectors(deployment, runs: list[Path], weights: list[float], tta: Tes
 
 def test_ensemble_tta_whitening_and_query_expansion(deployment, second_run, tmp_path) -> None:
     flip = TestTimeAugmentation(flip=True)
-    steps = IndexSteps(ensemble=[(second_run, 0.5)], tta=flip, whiten_dim=8, qe=(2, 3.0))
+    steps = IndexSteps(ensemble=[(second_run, 0.5)], tta=flip, whiten_dim=8, qe=Expansion(2, 3.0))
     built = build_gallery_index(
         deployment.run_dir, [deployment.gallery], tmp_path / "index", steps=steps, progress=False
     )
@@ -86,7 +87,11 @@ def _tensor_images(pixels: np.ndarray):
 def test_dba_index_stores_augmented_vectors_and_refuses_to_grow(deployment, tmp_path) -> None:
     index_dir = tmp_path / "dba"
     built = build_gallery_index(
-        deployment.run_dir, [deployment.gallery], index_dir, steps=IndexSteps(dba=(2, 1.0)), progress=False
+        deployment.run_dir,
+        [deployment.gallery],
+        index_dir,
+        steps=IndexSteps(dba=Expansion(2, 1.0)),
+        progress=False,
     )
     plain = np.asarray(deployment.built.embeddings)
     np.testing.assert_allclose(built.embeddings, database_augmentation(plain, 2, 1.0), atol=1e-5)

@@ -15,6 +15,7 @@ import torch
 
 from embedlab.data.images import ImageFiles
 from embedlab.data.sources import IMAGE_SUFFIXES, read_csv, read_folder
+from embedlab.evaluation.steps import Expansion
 from embedlab.models.tta import TestTimeAugmentation
 from embedlab.retrieval.expansion import database_augmentation
 from embedlab.serving.index import (
@@ -37,7 +38,7 @@ from embedlab.serving.index import (
 )
 from embedlab.serving.large import FaissSettings
 from embedlab.serving.pipeline import EmbeddingPipeline
-from embedlab.serving.searcher import checkpoint_sha256, load_matching_run, load_pipeline
+from embedlab.serving.searcher import checkpoint_sha256, load_pipeline
 from embedlab.training.run_dir import LoadedRun, load_run
 from embedlab.versions import package_versions
 
@@ -141,12 +142,12 @@ class IndexSteps:
     ensemble: Sequence[tuple[Path, float]] = ()
     tta: TestTimeAugmentation | None = None
     whiten_dim: int | None = None
-    dba: tuple[int, float] | None = None
-    qe: tuple[int, float] | None = None
+    dba: Expansion | None = None
+    qe: Expansion | None = None
 
     def record(self) -> PostprocessingRecord:
-        def expansion(value: tuple[int, float] | None) -> ExpansionRecord | None:
-            return None if value is None else ExpansionRecord(k=value[0], alpha=value[1])
+        def expansion(value: Expansion | None) -> ExpansionRecord | None:
+            return None if value is None else ExpansionRecord(k=value.k, alpha=value.alpha)
 
         return PostprocessingRecord(
             tta_flip=self.tta is not None and self.tta.flip,
@@ -189,7 +190,7 @@ def build_gallery_index(
     if steps.whiten_dim is not None:
         embeddings = pipeline.fit_whitening(embeddings, steps.whiten_dim)
     if steps.dba is not None:
-        embeddings = database_augmentation(embeddings, *steps.dba)
+        embeddings = database_augmentation(embeddings, steps.dba.k, steps.dba.alpha)
     manifest = new_manifest(run, checkpoint, kind, len(data.items))
     manifest.faiss = (faiss or FaissSettings()).applied_to(manifest.faiss)
     manifest.ensemble = [_model_record(member, checkpoint, weight) for member, weight in members]
@@ -226,8 +227,7 @@ def add_to_gallery_index(
             "depends on its neighbours: adding images would leave the others stale; rebuild it with "
             "`embedlab index build ... --force` over the whole gallery"
         )
-    run = load_matching_run(index.manifest, index_dir.absolute(), run_dir)
-    pipeline = load_pipeline(index.manifest, index_dir.absolute(), run_dir, index.whitening)
+    run, pipeline = load_pipeline(index.manifest, index_dir.absolute(), run_dir, index.whitening)
     settings = index.manifest.preprocessing
     data = read_gallery(images, settings.image_size, settings.channels, label)
     known = {item.path for item in index.items}

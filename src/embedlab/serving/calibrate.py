@@ -43,7 +43,7 @@ from embedlab.retrieval.knn import (
 )
 from embedlab.serving.build import read_gallery
 from embedlab.serving.index import OpenSetRecord, load_index, utc_now, write_index
-from embedlab.serving.searcher import Searcher, load_matching_run, load_pipeline
+from embedlab.serving.searcher import Searcher, load_pipeline
 
 Objective = Literal["target_fmr", "best_f1"]
 
@@ -218,8 +218,8 @@ def calibrate_index(
     """
     index_dir = Path(index_dir).absolute()
     index = load_index(index_dir)
-    run = load_matching_run(index.manifest, index_dir, run_dir)
-    searcher = Searcher(index, load_pipeline(index.manifest, index_dir, run_dir, index.whitening), index_dir)
+    run, pipeline = load_pipeline(index.manifest, index_dir, run_dir, index.whitening)
+    searcher = Searcher(index, pipeline, index_dir)
     batch = batch_size or run.config.train.eval_batch_size
     workers = run.config.data.num_workers
     if queries:

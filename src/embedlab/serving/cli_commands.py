@@ -135,14 +135,12 @@ def index_build(
         raise _fail("give RUN_DIR and --gallery, or --embeddings")
     try:
         members = [EnsembleMember.parse(member) for member in ensemble or []]
-        dba_setting = None if dba is None else parse_expansion("--dba", dba)
-        qe_setting = None if qe is None else parse_expansion("--qe", qe)
         steps = IndexSteps(
             ensemble=[(member.run_dir, member.weight) for member in members],
             tta=TestTimeAugmentation.parse(tta) if tta else None,
             whiten_dim=whiten,
-            dba=None if dba_setting is None else (dba_setting.k, dba_setting.alpha),
-            qe=None if qe_setting is None else (qe_setting.k, qe_setting.alpha),
+            dba=None if dba is None else parse_expansion("--dba", dba),
+            qe=None if qe is None else parse_expansion("--qe", qe),
         )
         index = build_gallery_index(
             run_dir,

@@ -97,17 +97,19 @@ def load_pipeline(
     index_dir: Path,
     run_dir: str | Path | None = None,
     whitening: PCAWhitening | None = None,
-) -> EmbeddingPipeline:
-    """The index's model (or `run_dir`, the same checkpoint), its ensemble members (from their run
-    folders, each checked against its record), its test-time views and its whitening."""
+) -> tuple[LoadedRun, EmbeddingPipeline]:
+    """The index's model (or `run_dir`, the same checkpoint), loaded, and the pipeline of it, its
+    ensemble members (from their run folders, each checked against its record), its test-time views
+    and its whitening."""
     runs = [load_matching_run(manifest, index_dir, run_dir)]
     runs += [_load_checked(record, index_dir, None) for record in manifest.ensemble]
-    return EmbeddingPipeline(
+    pipeline = EmbeddingPipeline(
         embedders=[run.embedder for run in runs],
         weights=[record.weight for record in manifest.models],
         tta=tta_of(manifest.postprocessing),
         whitening=whitening,
     )
+    return runs[0], pipeline
 
 
 @dataclass(frozen=True)
@@ -201,4 +203,5 @@ def open_searcher(index_dir: str | Path, run_dir: str | Path | None = None) -> S
     """Load an index and the model that built it (or `run_dir`, checked to be the same model)."""
     index_dir = Path(index_dir).absolute()
     index = load_index(index_dir)
-    return Searcher(index, load_pipeline(index.manifest, index_dir, run_dir, index.whitening), index_dir)
+    _, pipeline = load_pipeline(index.manifest, index_dir, run_dir, index.whitening)
+    return Searcher(index, pipeline, index_dir)
