@@ -29,3 +29,9 @@ def concatenate_embeddings(parts: Sequence[Any], weights: Sequence[float]) -> np
         )
     scaled = [np.float32(w) * l2_normalize(m) for m, w in zip(matrices, weights, strict=True)]
     return l2_normalize(np.concatenate(scaled, axis=1))
+
+
+def combine_members(parts: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """An ensemble's embeddings; one member's are returned as they are (not normalised again, which
+    would move float32 values by an ulp and reorder near-ties against that model evaluated alone)."""
+    return parts[0] if len(parts) == 1 else concatenate_embeddings(parts, weights)

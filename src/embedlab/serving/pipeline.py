@@ -15,7 +15,7 @@ from embedlab.data.images import LabelledImages
 from embedlab.models.embedder import Embedder
 from embedlab.models.inference import embed
 from embedlab.models.tta import TestTimeAugmentation, check_supports, embed_views
-from embedlab.retrieval.ensemble import concatenate_embeddings
+from embedlab.retrieval.ensemble import combine_members
 from embedlab.retrieval.whitening import PCAWhitening
 from embedlab.serving.index import PostprocessingRecord
 
@@ -45,13 +45,8 @@ class EmbeddingPipeline:
             if self.tta is not None:
                 check_supports(embedder, self.tta)
 
-    def _combine(self, parts: Sequence[np.ndarray]) -> np.ndarray:
-        if len(parts) == 1:
-            return parts[0]
-        return concatenate_embeddings(parts, self.weights)
-
     def _finish(self, parts: Sequence[np.ndarray]) -> np.ndarray:
-        combined = self._combine(parts)
+        combined = combine_members(parts, self.weights)
         return combined if self.whitening is None else self.whitening.transform(combined)
 
     def embed_images(

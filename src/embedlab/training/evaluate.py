@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from embedlab.data.images import LabelledImages
-from embedlab.data.splits import DataSplits, prepare_data
-from embedlab.evaluation import RetrievalResult, evaluate_retrieval, evaluate_scenarios
+from embedlab.data.splits import prepare_data
+from embedlab.evaluation import RetrievalResult
 from embedlab.evaluation.steps import (
     Postprocessing,
     RetrievalProblem,
@@ -22,12 +22,39 @@ from embedlab.evaluation.steps import (
 )
 from embedlab.models.inference import embed
 from embedlab.models.tta import TestTimeAugmentation
-from embedlab.retrieval.ensemble import concatenate_embeddings
+from embedlab.retrieval.ensemble import combine_members
 from embedlab.training.run_dir import SPLIT_FILE, LoadedRun, load_run, read_json
 
 
 def _numpy(values: object) -> np.ndarray | None:
     return None if values is None else values.numpy()  # type: ignore[attr-defined]
+
+
+def validation_problem(
+    query_embeddings: np.ndarray,
+    gallery_embeddings: np.ndarray | None,
+    query: LabelledImages,
+    gallery: LabelledImages | None,
+) -> RetrievalProblem:
+    """The queries against the gallery (None: the queries themselves, own rows excluded), with their
+    labels and ignore groups. When the validation set searches itself and carries a CSV's `is_query` /
+    `is_gallery` roles, only the items marked as queries search, among the items marked as gallery."""
+    if gallery is not None:
+        return RetrievalProblem.build(
+            query_embeddings,
+            query.labels.numpy(),
+            gallery_embeddings,
+            gallery.labels.numpy(),
+            query_groups=_numpy(query.groups),
+            gallery_groups=_numpy(gallery.groups),
+        )
+    return RetrievalProblem.build(
+        query_embeddings,
+        query.labels.numpy(),
+        query_groups=_numpy(query.groups),
+        query_rows=None if query.is_query is None else np.flatnonzero(query.is_query.numpy()),
+        gallery_rows=None if query.is_gallery is None else np.flatnonzero(query.is_gallery.numpy()),
+    )
 
 
 def score_validation(
@@ -37,32 +64,8 @@ def score_validation(
     gallery: LabelledImages | None,
     metrics: Sequence[str],
 ) -> RetrievalResult:
-    """Metrics of the queries against the gallery (None: the queries themselves, own rows excluded).
-
-    When the validation set searches itself and carries a CSV's `is_query` / `is_gallery` roles, only
-    the items marked as queries are scored, against the items marked as gallery.
-    """
-    groups = _numpy(query.groups)
-    if gallery is None and (query.is_query is not None or query.is_gallery is not None):
-        everyone = np.ones(len(query), dtype=bool)
-        query_rows = everyone if query.is_query is None else query.is_query.numpy()
-        gallery_rows = everyone if query.is_gallery is None else query.is_gallery.numpy()
-        return evaluate_scenarios(
-            query_embeddings,
-            query.labels.numpy(),
-            scenarios={"validation": (query_rows, gallery_rows)},
-            metrics=list(metrics),
-            query_groups=groups,
-        )["validation"]
-    return evaluate_retrieval(
-        query_embeddings,
-        query.labels.numpy(),
-        gallery_embeddings,
-        None if gallery is None else gallery.labels.numpy(),
-        metrics=list(metrics),
-        query_groups=groups,
-        gallery_groups=None if gallery is None else _numpy(gallery.groups),
-    )
+    """Metrics of the validation problem (see `validation_problem`)."""
+    return validation_problem(query_embeddings, gallery_embeddings, query, gallery).score(metrics)
 
 
 def evaluate_run(
@@ -116,37 +119,11 @@ def _check_same_split(primary: Path, member: Path) -> None:
         )
 
 
-def _problem(
-    data: DataSplits, query_embeddings: np.ndarray, gallery_embeddings: np.ndarray | None
-) -> RetrievalProblem:
-    query, gallery = data.query, data.gallery
-    if gallery is not None:
-        return RetrievalProblem.build(
-            query_embeddings,
-            query.labels.numpy(),
-            gallery_embeddings,
-            gallery.labels.numpy(),
-            query_groups=_numpy(query.groups),
-            gallery_groups=_numpy(gallery.groups),
-        )
-    return RetrievalProblem.build(
-        query_embeddings,
-        query.labels.numpy(),
-        query_groups=_numpy(query.groups),
-        query_rows=None if query.is_query is None else np.flatnonzero(query.is_query.numpy()),
-        gallery_rows=None if query.is_gallery is None else np.flatnonzero(query.is_gallery.numpy()),
-    )
-
-
 @dataclass(frozen=True)
 class _Embedded:
     queries: np.ndarray
     gallery: np.ndarray | None
     seconds: float
-
-
-def _combine(parts: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    return parts[0] if len(parts) == 1 else concatenate_embeddings(parts, weights)
 
 
 def evaluate_run_steps(
@@ -184,9 +161,10 @@ def evaluate_run_steps(
 
     def combined(embedded: list[_Embedded]) -> RetrievalProblem:
         used = weights[: len(embedded)]
-        queries = _combine([e.queries for e in embedded], used)
+        queries = combine_members([e.queries for e in embedded], used)
         galleries = [e.gallery for e in embedded if e.gallery is not None]
-        return _problem(data, queries, _combine(galleries, used) if galleries else None)
+        gallery = combine_members(galleries, used) if galleries else None
+        return validation_problem(queries, gallery, data.query, data.gallery)
 
     plain = [embed_run(run, None) for run in runs]
     rows = [score_step("model", combined(plain[:1]), metric_names, plain[0].seconds)]
@@ -201,7 +179,7 @@ def evaluate_run_steps(
 
     def train_embeddings() -> np.ndarray:
         parts = [embed(run.embedder, data.train, batch, workers, tta=tta) for run in runs]
-        return _combine(parts, weights)
+        return combine_members(parts, weights)
 
     rows.extend(
         postprocessing_rows(
