@@ -11,9 +11,10 @@ How the numbers are computed: every metric is a function of each query's positiv
 of its positives (see `embedlab.evaluation.metrics`). Queries are processed in blocks whose similarity
 rows fit `max_memory_bytes`. Without `map`, only the top d of each ranking is needed, d being the
 largest cutoff asked for or, for the R-based metrics, the block's largest R; the engine derives d, so
-no caller-chosen k can make a metric wrong. With `map`, each block row is sorted once and the rank of
-every positive is found by counting how many items rank above it, so no list of all neighbours is built.
-`mrr` takes the first positive's rank by the same count when it lies beyond d.
+no caller-chosen k can make a metric wrong (with `map`, d is the gallery size). A compiled kernel
+(`embedlab.evaluation.ranking`) ranks each row's positives within its top d in one pass, ties included,
+so no list of neighbours is built; `mrr` takes the first positive's rank by counting over the whole row
+when it lies beyond d.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from embedlab.retrieval.knn import (
     IndexOptions,
     SearchMethod,
     SimilarityMetric,
-    Workspace,
     as_embedding_matrix,
     as_id_vector,
     build_index,
@@ -50,10 +50,8 @@ from embedlab.retrieval.knn import (
     iter_similarity_blocks,
     make_exclusions,
     measure_recall,
-    parallel_rows,
     prepare_embeddings,
     sampled_exclusions,
-    sorted_top_values,
     to_numpy,
 )
 
@@ -84,8 +82,8 @@ VALID_METRIC_FORMS: tuple[str, ...] = (
 AVERAGES: tuple[Average, ...] = ("micro", "macro")
 WITHOUT_POSITIVES: tuple[WithoutPositives, ...] = ("exclude", "zero")
 
-# A ranked block holds the float32 similarities, their partitioned and sorted float32 copy, and per-row
-# temporaries.
+# A ranked block holds the float32 similarities and its positives' float64 ranks, up to one per
+# similarity (when one label fills the gallery); the ranking threads' scratch is per gallery item only.
 _RANKING_BYTES_PER_SIMILARITY = 12
 _RECALL_SAMPLE_SIZE = 1000
 
@@ -223,9 +221,6 @@ class _LabelIndex:
         found[found] = self.unique[position[found]] == labels[found]
         return np.where(found, position, -1).astype(np.int64)
 
-    def of(self, code: int) -> np.ndarray:
-        return self.members[self.offsets[code] : self.offsets[code + 1]]
-
 
 def _positive_counts(
     query_codes: np.ndarray, labels: _LabelIndex, exclusions: Exclusions, start: int, stop: int
@@ -244,33 +239,6 @@ def _positive_counts(
 
 
 # ------------------------------------------------------------------------------------ rank counting
-
-
-def _earlier_equal_counts(row: np.ndarray, values: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """For each positive (value v, gallery index p): how many j < p have row[j] == v (tie rule)."""
-    candidates = np.flatnonzero(np.isin(row, np.unique(values)))
-    candidate_values = row[candidates]
-    order = np.lexsort((candidates, candidate_values))
-    sorted_values = candidate_values[order]
-    position = np.empty(candidates.size, dtype=np.int64)
-    position[order] = np.arange(candidates.size) - np.searchsorted(sorted_values, sorted_values, side="left")
-    return position[np.searchsorted(candidates, members)]
-
-
-def _first_ranks(similarities: np.ndarray, values: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """Rank of the best positive of each row, by counting the items above it.
-
-    similarities: (n, Ng) rows; values (n, R): the rows' similarities to the positives `members` (R,),
-    -inf where excluded (every row has at least one finite value).
-    """
-    best = values.max(axis=1)
-    # Among positives tied at the best value, the lowest gallery index ranks first.
-    first = np.where(values == best[:, None], members[None, :], np.iinfo(np.int64).max).min(axis=1)
-    above = np.count_nonzero(similarities > best[:, None], axis=1)
-    earlier_equal = np.array(
-        [np.count_nonzero(row[:p] == b) for row, p, b in zip(similarities, first, best, strict=True)]
-    )
-    return (1 + above + earlier_equal).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -304,95 +272,28 @@ def _block_ranks(
     labels: _LabelIndex,
     plan: _Plan,
     num_threads: int,
-    workspace: Workspace,
 ) -> np.ndarray:
     """Padded positive ranks (rows, M) for a similarity block (rows, Ng) with exclusions at -inf.
 
-    Each row's d largest similarities are partitioned out and sorted (d = Ng for `map`); every positive
-    at least as similar as the d-th is ranked by counting the items above it,
-    rank = 1 + #{j: s_j > s_p} + #{j < p: s_j == s_p} (similarity descending, index ascending); all
-    items above such a positive are among the d. With `mrr`, a row whose positives all lie below the
-    top d gets its first positive's rank by counting the whole row.
+    Each row's positives at least as similar as its d-th best item are ranked (d = Ng for `map`),
+    rank = 1 + #{j: s_j > s_p} + #{j < p: s_j == s_p} (similarity descending, index ascending). With
+    `mrr`, a row whose positives all lie below the top d gets its first positive's rank instead.
     """
-    n_rows, n_gallery = similarities.shape
+    # numba takes about 0.7 s to import: commands that never rank exactly do not pay for it.
+    from embedlab.evaluation.ranking import positive_ranks
+
+    n_gallery = similarities.shape[1]
     depth = n_gallery if plan.needs_all else min(plan.depth(n_positives), n_gallery)
-    # (block rows, ranks) pairs; one append per pair keeps them together across threads.
-    found: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def work(part: int, lo: int, hi: int) -> None:
-        top = sorted_top_values(similarities[lo:hi], depth, workspace, part)
-        part_codes = codes[lo:hi]
-        for code in np.unique(part_codes[part_codes >= 0]):
-            local = np.flatnonzero(part_codes == code)
-            members = labels.of(int(code))
-            # (rows of this label, R) similarities to the label's gallery items; excluded ones are -inf.
-            values = similarities[(lo + local)[:, None], members[None, :]]
-            threshold = np.maximum(top[local, 0], np.float32(np.finfo(np.float32).min))
-            within = values >= threshold[:, None]
-            r, c = np.nonzero(within)
-            ranks = _count_ranks(similarities, top, lo, local, r, values[r, c], members[c])
-            found.append((lo + local[r], ranks))
-            if plan.needs_first:
-                missing = np.flatnonzero(~within.any(axis=1) & np.isfinite(values).any(axis=1))
-                if missing.size:
-                    rows = lo + local[missing]
-                    found.append((rows, _first_ranks(similarities[rows], values[missing], members)))
-
-    parallel_rows(work, n_rows, num_threads)
-    rows = np.concatenate([f[0] for f in found]) if found else np.empty(0, dtype=np.int64)
-    ranks = np.concatenate([f[1] for f in found]) if found else np.empty(0, dtype=np.int64)
-    # Ranks are below 2**32, so one int64 sort orders by row, then rank.
-    keys = np.sort((rows << 32) | ranks)
-    rows, ranks = keys >> 32, keys & 0xFFFFFFFF
-    counts = np.bincount(rows, minlength=n_rows)
-    padded = np.full((n_rows, max(1, int(counts.max(initial=0)))), np.inf)
-    padded[rows, np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)] = ranks
-    return padded
-
-
-def _count_ranks(
-    similarities: np.ndarray,
-    top: np.ndarray,
-    lo: int,
-    local: np.ndarray,
-    r: np.ndarray,
-    values: np.ndarray,
-    members: np.ndarray,
-) -> np.ndarray:
-    """Ranks (int64) of positives of block rows lo + local[r]: their similarities `values`, gallery
-    indices `members`; r is ascending and the ranks of each row come out ascending.
-
-    top: (rows of the part, d) ascending top similarities of those rows, each holding every item that
-    ranks above the row's positives given here.
-    """
-    depth = top.shape[1]
-    starts = np.searchsorted(r, np.arange(local.size + 1))
-    ranks = np.empty(r.size, dtype=np.int64)
-    for i in np.flatnonzero(starts[1:] > starts[:-1]):
-        segment = slice(starts[i], starts[i + 1])
-        row_top = top[local[i]]
-        # Sorted needles make searchsorted sweep the row once; only ties need to know which item is which.
-        sorted_values = np.sort(values[segment])
-        right = np.searchsorted(row_top, sorted_values, side="right")
-        row_ranks = depth - right + 1
-        # A value repeated in the top, or equal to its smallest entry (copies may lie below the top),
-        # needs the index tie rule: add the equal items with a lower gallery index.
-        tied = (right >= 2) & (row_top[np.maximum(right - 2, 0)] == sorted_values)
-        tied |= sorted_values == row_top[0]
-        row = similarities[lo + local[i]]
-        tied_values = np.unique(sorted_values[tied])
-        if tied_values.size:
-            # The smallest top entry is usually the row's only item with that similarity: no real tie.
-            tied_values = tied_values[[np.count_nonzero(row == v) > 1 for v in tied_values]]
-        if tied_values.size:
-            pick = np.isin(values[segment], tied_values)
-            picked_values = values[segment][pick]
-            offsets = _earlier_equal_counts(row, picked_values, members[segment][pick])
-            # Equal values share a base rank, so offsets sorted by (value, offset) can be added in the
-            # order the sorted values list them.
-            row_ranks[np.isin(sorted_values, tied_values)] += offsets[np.lexsort((offsets, picked_values))]
-        ranks[segment] = row_ranks[::-1]
-    return ranks
+    return positive_ranks(
+        similarities,
+        codes,
+        labels.gallery_codes,
+        labels.offsets,
+        labels.members,
+        depth,
+        first_beyond_depth=plan.needs_first,
+        num_threads=num_threads,
+    )
 
 
 def _relevance_ranks(indices: np.ndarray, codes: np.ndarray, labels: _LabelIndex) -> np.ndarray:
@@ -450,7 +351,6 @@ def _evaluate_prepared(
 
     began = time.perf_counter()
     if options.method == "exact":
-        workspace = Workspace()
         for block in iter_similarity_blocks(
             queries,
             gallery,
@@ -469,7 +369,6 @@ def _evaluate_prepared(
                 labels,
                 plan,
                 options.num_threads,
-                workspace,
             )
             score(start, stop, ranks)
             LOGGER.debug(
