@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 
 from embedlab.retrieval import (
-    Workspace,
     approximate_recall,
     iter_search,
     make_exclusions,
     search,
-    sorted_top_values,
     top_k,
 )
 from embedlab.retrieval.knn import ordered_keys
@@ -109,16 +107,6 @@ def test_ordered_keys_sort_like_the_ranking_rule() -> None:
     order = np.argsort(ordered_keys(values, np.arange(values.size)))
     # 1.0 (index 2) before 1.0 (index 5); the two zeros tie, so index 0 precedes index 1.
     assert order.tolist() == [2, 5, 6, 0, 1, 4, 3]
-
-
-@pytest.mark.parametrize("depth", [1, 10, 300])
-def test_sorted_top_values_with_and_without_the_sampled_bound(depth: int) -> None:
-    rng = np.random.default_rng(depth)
-    block = rng.standard_normal((3, 40_000)).astype(np.float32)
-    block[1] = np.round(block[1], 1)  # many exact ties
-    block[2, :20_000] = -np.inf  # a poor sample bound
-    top = sorted_top_values(block, depth, Workspace())
-    np.testing.assert_array_equal(top, np.sort(block, axis=1)[:, -depth:])
 
 
 def test_exclusions_validate_their_inputs() -> None:

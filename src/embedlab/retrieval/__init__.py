@@ -19,7 +19,6 @@ from embedlab.retrieval.knn import (
     make_exclusions,
     prepare_embeddings,
     search,
-    sorted_top_values,
     top_k,
     top_k_indices,
 )
@@ -43,7 +42,6 @@ __all__ = [
     "make_exclusions",
     "prepare_embeddings",
     "search",
-    "sorted_top_values",
     "top_k",
     "top_k_indices",
 ]

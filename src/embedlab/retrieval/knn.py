@@ -407,48 +407,6 @@ def _trim_ties(flat: np.ndarray, block: np.ndarray, threshold: np.ndarray, kk: i
     return flat[keep]
 
 
-def sorted_top_values(block: np.ndarray, depth: int, workspace: Workspace, part: int = 0) -> np.ndarray:
-    """The `depth` largest values of each row of a (n, m) float32 block, ascending: (n, depth) float32.
-
-    The result is a view into `workspace` buffers (valid until their next use). For a depth much smaller
-    than m, the depth-th largest value of a strided sample of columns bounds the row's depth-th largest
-    from below, so only the items above that bound are partitioned: one comparison pass over the block
-    instead of partitioning a copy of all of it.
-    """
-    n, m = block.shape
-    stride = m // max(4096, 16 * depth)
-    if stride >= 4:
-        sample = workspace.array(part, "sample", block[:, ::stride].shape, np.float32)
-        np.copyto(sample, block[:, ::stride])
-        sample.partition(sample.shape[1] - depth, axis=1)
-        bound = sample[:, sample.shape[1] - depth].copy()
-        mask = workspace.array(part, "mask", block.shape, np.bool_)
-        np.greater_equal(block, bound[:, None], out=mask)
-        counts = np.count_nonzero(mask, axis=1)
-        # A poor bound (e.g. many excluded items in the sample) would make the candidate list as large as
-        # the block; then the plain partition below is cheaper.
-        if counts.sum() * 4 <= block.size:
-            flat = np.flatnonzero(mask)
-            width = int(counts.max())
-            candidates = workspace.array(part, "candidates", (n, width), np.float32)
-            candidates.fill(-np.inf)
-            rows = flat // m
-            candidates[rows, np.arange(flat.size) - np.repeat(np.cumsum(counts) - counts, counts)] = (
-                block.ravel()[flat]
-            )
-            candidates.partition(width - depth, axis=1)
-            top = candidates[:, width - depth :]
-            top.sort(axis=1)
-            return top
-    scratch = workspace.array(part, "ranking", block.shape, np.float32)
-    np.copyto(scratch, block)
-    if depth < m:
-        scratch.partition(m - depth, axis=1)
-    top = scratch[:, m - depth :]
-    top.sort(axis=1)
-    return top
-
-
 def top_k_indices(
     similarities: np.ndarray,
     k: int,
