@@ -18,6 +18,7 @@ Per-query exclusions (METRICS.md): a query's own row when the gallery is the que
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -501,12 +502,32 @@ def iter_similarity_blocks(
     rows = max(1, min(n_queries, cap, target))
     buffer = np.empty((rows, n_gallery), dtype=np.float32)
     gallery_t = gallery.T
+    threads = default_num_threads()
     for start in range(0, n_queries, rows):
         stop = min(start + rows, n_queries)
         block = buffer[: stop - start]
-        np.matmul(queries[start:stop], gallery_t, out=block)
+
+        def product(_part: int, lo: int, hi: int, start: int = start, block: np.ndarray = block) -> None:
+            np.matmul(queries[start + lo : start + hi], gallery_t, out=block[lo:hi])
+
+        # Row ranges in our own threads, each on a single-threaded BLAS: BLAS's worker threads keep
+        # spinning after a product returns, and slowed whatever ranked the block next on two cores by
+        # 1.7x (141 against 80 us per row of 50,000 in the ranking kernel), for the same product speed.
+        with _single_threaded_blas():
+            parallel_rows(product, stop - start, threads)
         exclusions.apply(block, start)
         yield SimilarityBlock(start, stop, block)
+
+
+@functools.cache
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _single_threaded_blas() -> Any:
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def _prepare_pair(queries: Any, gallery: Any, metric: SimilarityMetric) -> tuple[np.ndarray, np.ndarray]:
