@@ -197,6 +197,9 @@ class TrainConfig(_Section):
     max_steps_per_epoch: int | None = Field(None, gt=0, description="cap steps per epoch (quick runs)")
     precision: Literal["32-true", "bf16-mixed"] = Field("32-true", description="Lightning's precision")
     threads: int | None = Field(None, gt=0, description="torch threads; default: all cores")
+    channels_last: bool = Field(
+        False, description="train the model in channels-last memory format (faster BN-conv nets on CPU)"
+    )
     metrics: list[str] = Field(
         default_factory=lambda: [
             "precision_at_1",

@@ -133,3 +133,20 @@ def test_last_checkpoint_is_written_on_epochs_without_validation(tmp_path, monke
     )
     fit(cfg, tmp_path / "run", progress=False)
     assert seen == [0, 1]  # resumable from each epoch, though only the last was validated
+
+
+def test_channels_last_trains_in_that_format_and_reloads_like_any_run(tmp_path) -> None:
+    cfg, _ = load_config(
+        None, [*DIGITS, "train.epochs=1", "train.max_steps_per_epoch=3", "train.channels_last=true"]
+    )
+    result = fit(cfg, tmp_path / "run", progress=False)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    kernels = [t for name, t in state.items() if name.startswith("embedder.backbone") and t.ndim == 4]
+    # A 3x3 kernel with several input channels has a different layout in the two formats.
+    wide = [t for t in kernels if t.shape[1] > 1]
+    assert wide and all(t.is_contiguous(memory_format=torch.channels_last) for t in wide)
+    assert not any(t.is_contiguous() for t in wide)
+    run = load_run(tmp_path / "run", "last")
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    assert run.embedder(images).shape == (3, 32)
+    assert 0.0 <= result.metrics["precision_at_1"] <= 1.0

@@ -132,6 +132,8 @@ def fit(
 
     data = prepare_data(cfg.data)
     embedder = build_embedder(cfg.model, data.channels, data.image_size)
+    if cfg.train.channels_last:
+        embedder = embedder.to(memory_format=torch.channels_last)
     objective = build_objective(
         cfg,
         num_classes=data.num_classes,
