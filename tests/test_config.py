@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from embedlab.config import (
@@ -137,3 +139,36 @@ def test_dolg_settings_are_checked_where_the_config_is_read() -> None:
         load_config(None, ["model.head=dolg", "model.dolg.dilations=[0, 3]"])
     with pytest.raises(ConfigError, match=r"model.pooling flatten does not fit model.head dolg"):
         load_config(None, ["model.head=dolg", "model.pooling=flatten"])
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "embedlab" / "configs"
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(p.name for p in CONFIGS.glob("*.yaml")),
+)
+def test_every_packaged_config_validates_with_each_grid_combination(name: str) -> None:
+    from embedlab.config import read_yaml
+
+    raw = read_yaml(CONFIGS / name)
+    combinations = list(expand_grid(raw)) or [(name, raw)]
+    for label, combination in combinations:
+        parse_config(combination, f"{name} {label}")
+
+
+def test_founding_config_is_the_founding_workflow() -> None:
+    from embedlab.config import read_yaml
+
+    founding = parse_config(read_yaml(CONFIGS / "fashion_mnist_founding.yaml"))
+    # The founding workflow: the example network, 50-d, CircleLoss, batch 32, Adam at 1e-3, 10 epochs.
+    assert (founding.model.backbone, founding.model.pooling, founding.model.neck) == (
+        "pml_mnist_example",
+        "flatten",
+        "linear",
+    )
+    assert founding.model.embedding_dim == 50 and founding.train.batch_size == 32
+    assert (founding.optimizer.name, founding.optimizer.lr, founding.train.epochs) == ("adam", 1e-3, 10)
+    assert [loss.name for loss in founding.losses()] == ["CircleLoss"]
+    assert founding.losses()[0].kwargs() == {"m": 0.4, "gamma": 80}
+    assert not (founding.data.augment.flip or founding.data.augment.crop_padding)
