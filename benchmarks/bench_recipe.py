@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from embedlab.config import DataConfig, ValidationSplitConfig
+from embedlab.config import load_config
 from embedlab.data.images import InMemoryImages
 from embedlab.data.splits import DataSplits, prepare_data
 from embedlab.evaluation import evaluate_retrieval
@@ -218,15 +218,9 @@ PROTOCOLS: dict[str, list[str]] = {
 
 
 def protocol_splits(protocol: str) -> DataSplits:
-    if protocol == "closed":
-        return prepare_data(DataConfig(dataset="fashion-mnist", gallery="train"))
-    return prepare_data(
-        DataConfig(
-            dataset="fashion-mnist",
-            validation=ValidationSplitConfig(split="classes", fraction=0.4),
-            gallery="validation",
-        )
-    )
+    """The protocol's data, from the same settings the embedlab runs get."""
+    cfg, _ = load_config(FOUNDING_CONFIG, PROTOCOLS[protocol])
+    return prepare_data(cfg.data)
 
 
 def measure_throughput(splits: DataSplits, args: argparse.Namespace) -> dict[str, float]:
