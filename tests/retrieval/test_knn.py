@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -12,7 +15,7 @@ from embedlab.retrieval import (
     search,
     top_k,
 )
-from embedlab.retrieval.knn import ordered_keys
+from embedlab.retrieval.knn import ordered_keys, parallel_rows
 
 
 def loop_search(
@@ -91,6 +94,27 @@ def test_streaming_blocks_cover_every_query_once() -> None:
     assert [b.start for b in blocks] == [0, *[b.stop for b in blocks[:-1]]] and blocks[-1].stop == 50
     _, idx = search(x, x, 3, exclude_self=True)
     np.testing.assert_array_equal(np.concatenate([b.indices for b in blocks]), idx)
+
+
+@pytest.mark.parametrize(("n_rows", "chunks_per_thread"), [(100, 1), (100, 3), (100, 8), (5, 8), (1, 4)])
+def test_parallel_rows_gives_each_row_to_one_call_and_each_part_one_call_at_a_time(
+    n_rows: int, chunks_per_thread: int
+) -> None:
+    calls = np.zeros(n_rows, dtype=int)
+    busy: set[int] = set()
+    lock = threading.Lock()
+
+    def work(part: int, lo: int, hi: int) -> None:
+        with lock:
+            assert part in (0, 1) and part not in busy and lo < hi
+            busy.add(part)
+            calls[lo:hi] += 1
+        time.sleep(0.001)
+        with lock:
+            busy.remove(part)
+
+    parallel_rows(work, n_rows, 2, chunks_per_thread=chunks_per_thread)
+    np.testing.assert_array_equal(calls, 1)
 
 
 def test_top_k_keeps_the_lowest_indices_of_a_tie_at_the_cut() -> None:

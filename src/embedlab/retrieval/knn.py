@@ -333,22 +333,31 @@ def _decode_indices(keys: np.ndarray) -> np.ndarray:
     return keys & 0xFFFFFFFF
 
 
-def parallel_rows(work: Callable[[int, int, int], None], n_rows: int, num_threads: int) -> None:
+def parallel_rows(
+    work: Callable[[int, int, int], None], n_rows: int, num_threads: int, *, chunks_per_thread: int = 1
+) -> None:
     """Run work(part, lo, hi) over contiguous row ranges covering [0, n_rows) on up to num_threads threads.
 
     numpy releases the GIL in partition, sort and searchsorted, so row ranges run truly in parallel;
-    `part` (0 .. threads - 1) lets each range use its own Workspace buffers.
+    `part` (0 .. threads - 1) names the calling thread, so that each can use its own Workspace buffers.
+    With chunks_per_thread > 1 the rows are cut into that many ranges per thread, handed out in turn to
+    whichever thread is free: on a shared machine one thread is often held up, and the other then takes
+    over its rows instead of waiting for it.
     """
     n_parts = max(1, min(num_threads, n_rows))
-    bounds = np.linspace(0, n_rows, n_parts + 1).astype(int)
     if n_parts == 1:
         work(0, 0, n_rows)
         return
+    bounds = np.linspace(0, n_rows, min(n_rows, n_parts * chunks_per_thread) + 1).astype(int)
+    ranges = iter(list(itertools.pairwise(bounds)))
+
+    # next() on a list iterator is atomic under the GIL: each range goes to exactly one thread.
+    def run(part: int) -> None:
+        for lo, hi in ranges:
+            work(part, int(lo), int(hi))
+
     with ThreadPoolExecutor(max_workers=n_parts) as pool:
-        futures = [
-            pool.submit(work, part, int(lo), int(hi))
-            for part, (lo, hi) in enumerate(itertools.pairwise(bounds))
-        ]
+        futures = [pool.submit(run, part) for part in range(n_parts)]
         for future in futures:
             future.result()
 
