@@ -290,6 +290,19 @@ def test_the_depth_for_r_metrics_is_derived_from_the_largest_class() -> None:
     assert_matches(evaluate_retrieval(x, labels, metrics=metrics).metrics, expected)
 
 
+def test_a_ranking_kernel_that_fails_to_load_fails_the_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel loads on a thread of its own: its error must reach the caller, not die with the thread.
+    from embedlab.evaluation import ranking
+
+    def broken() -> None:
+        raise RuntimeError("no compiled kernel")
+
+    monkeypatch.setattr(ranking, "load_kernel", broken)
+    x = tie_heavy(20, seed=9)
+    with pytest.raises(RuntimeError, match="no compiled kernel"):
+        evaluate_retrieval(x, np.arange(20) % 3)
+
+
 def test_torch_tensors_are_accepted() -> None:
     x = tie_heavy(30, seed=8)
     labels = np.random.default_rng(8).integers(0, 3, 30)

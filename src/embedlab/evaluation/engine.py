@@ -24,6 +24,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -265,6 +266,24 @@ class _Plan:
         return max(self.cutoff, int(n_positives.max(initial=0)) if self.needs_r else 0)
 
 
+def _load_ranking_kernel() -> Future[None]:
+    """Import and load the compiled ranking kernel on a thread of its own.
+
+    In a fresh process that takes about a second (numba's import and its cached machine code), which
+    the caller spends computing the first block of similarities instead of waiting.
+    """
+
+    def load() -> None:
+        from embedlab.evaluation.ranking import load_kernel
+
+        load_kernel()
+
+    executor = ThreadPoolExecutor(max_workers=1)
+    loading = executor.submit(load)
+    executor.shutdown(wait=False)
+    return loading
+
+
 def _block_ranks(
     similarities: np.ndarray,
     codes: np.ndarray,
@@ -351,6 +370,7 @@ def _evaluate_prepared(
 
     began = time.perf_counter()
     if options.method == "exact":
+        kernel_loading = _load_ranking_kernel()
         for block in iter_similarity_blocks(
             queries,
             gallery,
@@ -362,6 +382,7 @@ def _evaluate_prepared(
             if options.rescore is not None:
                 options.rescore(block.similarities, start, stop)
             n_positives[start:stop] = _positive_counts(codes, labels, exclusions, start, stop)
+            kernel_loading.result()
             ranks = _block_ranks(
                 block.similarities,
                 codes[start:stop],

@@ -311,6 +311,20 @@ def _rank_rows(
         found[row] = count
 
 
+def load_kernel() -> None:
+    """Load the compiled kernel now (from numba's cache, or compiling it) by ranking one tiny row."""
+    positive_ranks(
+        np.zeros((1, 2), dtype=np.float32),
+        np.zeros(1, dtype=np.int64),
+        np.zeros(2, dtype=np.int64),
+        np.array([0, 2], dtype=np.int64),
+        np.arange(2, dtype=np.int64),
+        1,
+        first_beyond_depth=False,
+        num_threads=1,
+    )
+
+
 def positive_ranks(
     similarities: np.ndarray,
     query_codes: np.ndarray,
