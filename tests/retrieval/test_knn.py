@@ -117,6 +117,32 @@ def test_parallel_rows_gives_each_row_to_one_call_and_each_part_one_call_at_a_ti
     np.testing.assert_array_equal(calls, 1)
 
 
+def test_parallel_rows_passes_on_an_error_and_can_be_nested() -> None:
+    def failing(part: int, lo: int, hi: int) -> None:
+        if lo <= 50 < hi:
+            raise ValueError("row 50")
+
+    with pytest.raises(ValueError, match="row 50"):
+        parallel_rows(failing, 100, 2, chunks_per_thread=4)
+
+    calls = np.zeros((10, 10), dtype=int)
+
+    def outer(part: int, lo: int, hi: int) -> None:
+        for row in range(lo, hi):
+
+            def inner(_part: int, first: int, last: int, row: int = row) -> None:
+                calls[row, first:last] += 1
+
+            parallel_rows(inner, 10, 2, chunks_per_thread=2)
+
+    # On a thread of its own, so that a deadlock fails the test instead of hanging it.
+    runner = threading.Thread(target=parallel_rows, args=(outer, 10, 2), kwargs={"chunks_per_thread": 2})
+    runner.start()
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "nested parallel_rows calls deadlocked"
+    np.testing.assert_array_equal(calls, 1)
+
+
 def test_top_k_keeps_the_lowest_indices_of_a_tie_at_the_cut() -> None:
     similarities = np.array([[0.5, 0.9, 0.5, 0.5, -np.inf, 0.5, 0.1]], dtype=np.float32)
     sims, idx = top_k(similarities, 3)

@@ -23,7 +23,7 @@ import itertools
 import math
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -343,6 +343,11 @@ def parallel_rows(
     With chunks_per_thread > 1 the rows are cut into that many ranges per thread, handed out in turn to
     whichever thread is free: on a shared machine one thread is often held up, and the other then takes
     over its rows instead of waiting for it.
+
+    The calling thread works as part 0, beside long-lived helper threads: starting fresh threads for
+    each call took about 3 ms a call in a profile of a 50,000-query evaluation on the shared two-core
+    machine (0.45 s in all), and a caller that works itself finishes even when the helpers are busy
+    elsewhere or when work itself calls parallel_rows.
     """
     n_parts = max(1, min(num_threads, n_rows))
     if n_parts == 1:
@@ -356,10 +361,28 @@ def parallel_rows(
         for lo, hi in ranges:
             work(part, int(lo), int(hi))
 
-    with ThreadPoolExecutor(max_workers=n_parts) as pool:
-        futures = [pool.submit(run, part) for part in range(n_parts)]
-        for future in futures:
-            future.result()
+    helpers = [_helper_threads().submit(run, part) for part in range(1, n_parts)]
+    try:
+        run(0)
+    finally:
+        # A helper that has not started has nothing left to do (and may be queued behind this very
+        # thread, when work itself calls parallel_rows); one that has may still be writing into the
+        # caller's arrays: wait for it, even after an error.
+        started = [helper for helper in helpers if not helper.cancel()]
+        wait(started)
+    for helper in started:
+        helper.result()
+
+
+@functools.cache
+def _helper_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(
+        max_workers=max(1, default_num_threads() - 1), thread_name_prefix="embedlab-rows"
+    )
+
+
+# A forked child inherits the executor but not its threads: it makes its own.
+os.register_at_fork(after_in_child=_helper_threads.cache_clear)
 
 
 class Workspace:
