@@ -270,7 +270,8 @@ def _load_ranking_kernel() -> Future[None]:
     """Import and load the compiled ranking kernel on a thread of its own.
 
     In a fresh process that takes about a second (numba's import and its cached machine code), which
-    the caller spends computing the first block of similarities instead of waiting.
+    the caller spends validating its inputs and computing the first block of similarities instead of
+    waiting; once loaded, it takes microseconds.
     """
 
     def load() -> None:
@@ -345,6 +346,9 @@ class _Options:
     num_threads: int
     index_options: IndexOptions | None
     rescore: Rescorer | None = None
+    # Exact search: the compiled ranking kernel, loading on its own thread from the moment the options
+    # are read, so that its loading overlaps the validation of the inputs and the first product.
+    kernel_loading: Future[None] | None = None
 
 
 def _evaluate_prepared(
@@ -370,7 +374,7 @@ def _evaluate_prepared(
 
     began = time.perf_counter()
     if options.method == "exact":
-        kernel_loading = _load_ranking_kernel()
+        kernel_loading = options.kernel_loading or _load_ranking_kernel()
         for block in iter_similarity_blocks(
             queries,
             gallery,
@@ -508,6 +512,7 @@ def _options(
         method=method,  # type: ignore[arg-type]
         num_threads=num_threads or default_num_threads(),
         index_options=index_options,
+        kernel_loading=_load_ranking_kernel() if method == "exact" else None,
     )
 
 
