@@ -16,6 +16,8 @@ hours on two cores), then faiss IVF for all 1,000,000 queries with its recall ag
 Usage:
     python benchmarks/bench_evaluation.py                  # 10k and 50k, 10 and 1,000 classes
     python benchmarks/bench_evaluation.py --large --max-memory-gib 4   # 1,000,000 x 128, 10,000 classes
+    python benchmarks/bench_evaluation.py --large --max-memory-gib 4 --large-exact-queries 1000000 \
+        --no-large-ivf                                                 # all 1,000,000 queries, exact
     python benchmarks/bench_evaluation.py --sizes 2000 --classes 10   # a quick smoke run
 """
 
@@ -177,16 +179,24 @@ def compare(n: int, n_classes: int, dim: int, seed: int, folder: Path, max_memor
 
 
 def large(
-    n: int, n_classes: int, dim: int, seed: int, folder: Path, max_memory_bytes: int, exact_queries: int
+    n: int,
+    n_classes: int,
+    dim: int,
+    seed: int,
+    folder: Path,
+    max_memory_bytes: int,
+    exact_queries: int,
+    with_ivf: bool,
 ) -> None:
-    """Exact search for the first `exact_queries` queries against all n items, then IVF for all n."""
+    """Exact search for the first `exact_queries` queries against all n items, then (with_ivf) IVF for
+    all n."""
     x_path, y_path = make_data(n, n_classes, dim, seed, folder)
     runs = (
         (f"exact, the first {exact_queries:,} queries against all {n:,}", exact_queries, "exact"),
         (f"ivf (nlist={IVF_NLIST}, nprobe={IVF_NPROBE}), all {n:,} queries", 0, "ivf"),
     )
     for title, n_queries, method in runs:
-        if method == "exact" and n_queries == 0:
+        if (method == "exact" and n_queries == 0) or (method == "ivf" and not with_ivf):
             continue
         print(f"N={n:,} D={dim} classes={n_classes:,}, embedlab {title} ({load()} at start)", flush=True)
         ours = run_worker(
@@ -225,6 +235,12 @@ def main() -> None:
         default=20_000,
         help="queries searched exactly in the large run (0 skips the exact part)",
     )
+    parser.add_argument(
+        "--large-ivf",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also score every query of the large run with faiss IVF (--no-large-ivf skips it)",
+    )
     parser.add_argument("--queries", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--method", default="exact", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -248,7 +264,16 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, numpy {np.__version__}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         if args.large:
-            large(1_000_000, 10_000, args.dim, args.seed, Path(tmp), max_memory, args.large_exact_queries)
+            large(
+                1_000_000,
+                10_000,
+                args.dim,
+                args.seed,
+                Path(tmp),
+                max_memory,
+                args.large_exact_queries,
+                args.large_ivf,
+            )
             return
         for n in args.sizes:
             for n_classes in args.classes:
