@@ -168,8 +168,8 @@ def _collect_above(
     m = 0
     n = row.size
     whole = n - n % _SCAN_WIDTH
-    # A mask of each 64 comparisons (which compile to vector instructions), then one step per set bit:
-    # a per-item loop whose store address depends on the previous comparison measured 1.3x slower.
+    # A bit mask of each 64 comparisons, then one step per set bit: 1.3x faster, measured, than a
+    # per-item loop whose store address depends on the previous comparison.
     for base in range(0, whole, _SCAN_WIDTH):
         mask = np.uint64(0)
         for k in range(_SCAN_WIDTH):
