@@ -374,7 +374,8 @@ def _evaluate_prepared(
 
     began = time.perf_counter()
     if options.method == "exact":
-        kernel_loading = options.kernel_loading or _load_ranking_kernel()
+        kernel_loading = options.kernel_loading
+        assert kernel_loading is not None, "_options starts loading the kernel for exact search"
         for block in iter_similarity_blocks(
             queries,
             gallery,
