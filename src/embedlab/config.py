@@ -200,6 +200,13 @@ class TrainConfig(_Section):
     channels_last: bool = Field(
         False, description="train the model in channels-last memory format (faster BN-conv nets on CPU)"
     )
+    ema_decay: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="keep an exponential moving average of the weights with this decay per step, "
+        "and validate, checkpoint and export the average",
+    )
     metrics: list[str] = Field(
         default_factory=lambda: [
             "precision_at_1",

@@ -23,6 +23,7 @@ from typing_extensions import override
 from embedlab.data.images import LabelledImages
 from embedlab.evaluation import RetrievalResult
 from embedlab.models.inference import embed
+from embedlab.training.averaging import ExponentialMovingAverage
 from embedlab.training.distributed import broadcast_from_zero, gather_rows, slice_of
 from embedlab.training.evaluate import score_validation
 from embedlab.training.snapshot import take_snapshot, write_snapshot
@@ -30,7 +31,8 @@ from embedlab.training.snapshot import take_snapshot, write_snapshot
 
 class RetrievalValidation(L.Callback):
     """Embeds the queries and the gallery after each training epoch and logs `val/<metric>`; after the
-    last epoch it also writes the retrieval snapshot (snapshot.py) to `snapshot_path`, when given."""
+    last epoch it also writes the retrieval snapshot (snapshot.py) to `snapshot_path`, when given. With
+    `averaging` it embeds with the averaged weights (averaging.py)."""
 
     def __init__(
         self,
@@ -42,6 +44,7 @@ class RetrievalValidation(L.Callback):
         num_workers: int = 0,
         every_n_epochs: int = 1,
         snapshot_path: Path | None = None,
+        averaging: ExponentialMovingAverage | None = None,
     ) -> None:
         self.query = query
         self.gallery = gallery
@@ -51,6 +54,7 @@ class RetrievalValidation(L.Callback):
         self.num_workers = num_workers
         self.every_n_epochs = every_n_epochs
         self.snapshot_path = snapshot_path
+        self.averaging = averaging
         self.train_seconds = 0.0
         self.train_images = 0
         self._epoch_start = 0.0
@@ -144,7 +148,7 @@ class RetrievalValidation(L.Callback):
     def _embed_set(
         self, trainer: L.Trainer, pl_module: L.LightningModule, images: LabelledImages
     ) -> np.ndarray | None:
-        embedder = pl_module.embedder  # type: ignore[attr-defined]
+        embedder = self.averaging.embedder(pl_module) if self.averaging else pl_module.embedder  # type: ignore[attr-defined]
         if trainer.world_size == 1:
             return embed(embedder, images, self.batch_size, self.num_workers)
         share = slice_of(len(images), trainer.global_rank, trainer.world_size)

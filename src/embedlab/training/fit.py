@@ -24,6 +24,7 @@ from embedlab.config import ExperimentConfig
 from embedlab.data.loaders import train_batches
 from embedlab.data.splits import prepare_data
 from embedlab.models.embedder import build_embedder
+from embedlab.training.averaging import ExponentialMovingAverage
 from embedlab.training.callbacks import RetrievalValidation, read_history, truncate_history
 from embedlab.training.checkpoint_io import AtomicCheckpointIO
 from embedlab.training.distributed import resolve_layout
@@ -169,6 +170,7 @@ def fit(
         rank=layout.rank,
         world_size=layout.world_size,
     )
+    averaging = None if cfg.train.ema_decay is None else ExponentialMovingAverage(cfg.train.ema_decay)
     validation = RetrievalValidation(
         data.query,
         data.gallery,
@@ -178,6 +180,7 @@ def fit(
         cfg.data.num_workers,
         cfg.train.eval_every_n_epochs,
         snapshot_path=out_dir / SNAPSHOT_FILE,
+        averaging=averaging,
     )
     best_checkpoint = ModelCheckpoint(
         dirpath=out_dir / CHECKPOINT_DIR,
@@ -205,7 +208,12 @@ def fit(
         use_distributed_sampler=False,
         precision=cfg.train.precision,
         logger=run_loggers(out_dir, cfg.model_dump(mode="json", exclude={"grid"})),
-        callbacks=[validation, best_checkpoint, last_checkpoint],
+        callbacks=[
+            *([averaging] if averaging is not None else []),
+            validation,
+            best_checkpoint,
+            last_checkpoint,
+        ],
         plugins=[AtomicCheckpointIO()],
         limit_train_batches=cfg.train.max_steps_per_epoch or 1.0,
         num_sanity_val_steps=0,
