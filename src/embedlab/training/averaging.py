@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
@@ -29,7 +28,7 @@ def exponential_moving_average(decay: float) -> MultiAverageFunction:
     """An AveragedModel `multi_avg_fn`: averaged <- d * averaged + (1 - d) * current, d warmed up.
     Integer tensors (BatchNorm's batch counters) take the current value."""
     if not 0.0 < decay < 1.0:
-        raise ValueError(f"train.ema_decay must be in (0, 1), got {decay}")
+        raise ValueError(f"the decay must be in (0, 1), got {decay}")
 
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
         if not averaged[0].is_floating_point():
@@ -46,9 +45,7 @@ class ExponentialMovingAverage(WeightAveraging):
 
     def __init__(self, decay: float) -> None:
         super().__init__(use_buffers=True, multi_avg_fn=exponential_moving_average(decay))
-        self.decay = decay
 
-    def embedder(self, pl_module: L.LightningModule) -> Embedder:
-        if self._average_model is None:
-            return pl_module.embedder  # type: ignore[attr-defined, no-any-return]
+    def embedder(self) -> Embedder:
+        assert self._average_model is not None, "WeightAveraging.setup makes the average when fit begins"
         return self._average_model.module.embedder  # type: ignore[no-any-return]

@@ -148,7 +148,7 @@ class RetrievalValidation(L.Callback):
     def _embed_set(
         self, trainer: L.Trainer, pl_module: L.LightningModule, images: LabelledImages
     ) -> np.ndarray | None:
-        embedder = self.averaging.embedder(pl_module) if self.averaging else pl_module.embedder  # type: ignore[attr-defined]
+        embedder = self.averaging.embedder() if self.averaging else pl_module.embedder  # type: ignore[attr-defined]
         if trainer.world_size == 1:
             return embed(embedder, images, self.batch_size, self.num_workers)
         share = slice_of(len(images), trainer.global_rank, trainer.world_size)
