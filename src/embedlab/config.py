@@ -189,7 +189,7 @@ class SchedulerConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(1, gt=0)
+    epochs: int = Field(1, gt=0, description="passes over the training images")
     batch_size: int = Field(64, gt=1, description="training images per step")
     seed: int = Field(0, description="seed of weights, batches and augmentation")
     eval_batch_size: int = Field(512, gt=0, description="images per step when embedding")
