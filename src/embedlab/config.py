@@ -96,7 +96,7 @@ class DOLGConfig(_Section):
 
 
 class ModelConfig(_Section):
-    backbone: str = Field("small_cnn", description="a timm model name or small_cnn")
+    backbone: str = Field("small_cnn", description="a timm model name, small_cnn or small_resnet")
     backbone_args: dict[str, Any] = Field(
         default_factory=dict,
         description="keyword arguments of the backbone (timm's create_model, e.g. drop_path_rate)",

@@ -44,3 +44,32 @@ def test_backbone_arguments_reach_the_model_and_unknown_ones_are_named() -> None
         create_backbone("small_cnn", in_chans=1, kwargs={"width": 8})
     with pytest.raises(TypeError, match="backbone_args"):
         create_backbone("resnet18", in_chans=3, kwargs={"no_such_argument": 1})
+
+
+def test_small_resnet_without_blocks_is_small_cnn() -> None:
+    plain = create_backbone("small_cnn", in_chans=1, kwargs={"widths": (8, 16, 32)}).eval()
+    residual = create_backbone(
+        "small_resnet", in_chans=1, kwargs={"widths": (8, 16, 32), "blocks": (0, 0, 0)}
+    ).eval()
+    residual.model.load_state_dict(plain.model.state_dict())
+    images = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(residual(images), plain(images))
+
+
+def test_small_resnet_blocks_add_their_input() -> None:
+    backbone = create_backbone(
+        "small_resnet", in_chans=1, kwargs={"widths": (8, 16), "blocks": (0, 1)}
+    ).eval()
+    block = backbone.model.features[-1]
+    # a zero last BatchNorm scale silences the branch, so the block passes its (non-negative) input on
+    torch.nn.init.zeros_(block.branch[-1].weight)
+    stem = backbone.model.features[:-1]
+    images = torch.rand(2, 1, 28, 28)
+    features = backbone(images)
+    assert features.shape == (2, 16, 14, 14)
+    torch.testing.assert_close(features, stem(images))
+
+
+def test_small_resnet_names_mismatched_widths_and_blocks() -> None:
+    with pytest.raises(ValueError, match=r"widths \[8, 16\], blocks \[1\]"):
+        create_backbone("small_resnet", in_chans=1, kwargs={"widths": (8, 16), "blocks": (1,)})

@@ -1,5 +1,5 @@
-"""Backbones by name: any timm model, plus embedlab's `small_cnn` and `pml_mnist_example` (the network
-of pytorch-metric-learning's MNIST example) for 28x28 images.
+"""Backbones by name: any timm model, plus embedlab's `small_cnn`, `small_resnet` and `pml_mnist_example`
+(the network of pytorch-metric-learning's MNIST example) for 28x28 images.
 
 Every backbone returns a feature map (B, C, H, W) and exposes `num_features` = C; transformer token
 outputs (B, L, C) and channels-last maps (B, H, W, C) are turned into that layout, so pooling and
@@ -19,12 +19,13 @@ import timm
 import torch
 from torch import nn
 
-from embedlab.models.small_cnn import MetricLearningExampleNet, SmallCNN
+from embedlab.models.small_cnn import MetricLearningExampleNet, SmallCNN, SmallResNet
 from embedlab.models.weights import load_local_weights
 from embedlab.registry import check_arguments, close_matches_hint
 
 LOCAL_BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallCNN,
+    "small_resnet": SmallResNet,
     "pml_mnist_example": MetricLearningExampleNet,
 }
 

@@ -38,6 +38,55 @@ class SmallCNN(nn.Module):
         return self.forward_features(images)
 
 
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv-BN layers added to their input, then ReLU (a ResNet basic block of one width)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.branch = nn.Sequential(
+            _conv_block(channels, channels),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+        self.activation = nn.ReLU(inplace=True)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.activation(features + self.branch(features))
+
+
+class SmallResNet(nn.Module):
+    """`SmallCNN` with `blocks[i]` residual blocks after the conv-BN-ReLU of stage i:
+    (B, C, 28, 28) -> (B, widths[-1], 7, 7). With no blocks it is `SmallCNN`."""
+
+    def __init__(
+        self,
+        in_chans: int = 1,
+        widths: Sequence[int] = (32, 64, 128),
+        blocks: Sequence[int] = (0, 1, 1),
+    ) -> None:
+        super().__init__()
+        if len(blocks) != len(widths):
+            raise ValueError(
+                f"small_resnet needs one block count per width: widths {list(widths)}, blocks {list(blocks)}"
+            )
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for stage, (width, count) in enumerate(zip(widths, blocks, strict=True)):
+            if 0 < stage < 3:
+                layers.append(nn.MaxPool2d(2))
+            layers.append(_conv_block(channels, width))
+            layers.extend(ResidualBlock(width) for _ in range(count))
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.num_features = channels
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(images)
+
+
 class MetricLearningExampleNet(nn.Module):
     """pytorch-metric-learning's MNIST example network up to its linear layer: conv 3x3 (32), ReLU,
     conv 3x3 (64), ReLU, 2x2 max-pool, dropout 0.25: (B, C, 28, 28) -> (B, 64, 12, 12). With
