@@ -16,28 +16,6 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-class SmallCNN(nn.Module):
-    """Conv-BN-ReLU stages with a 2x2 max-pool between them: (B, C, 28, 28) -> (B, widths[-1], 7, 7)."""
-
-    def __init__(self, in_chans: int = 1, widths: Sequence[int] = (32, 64, 128)) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_chans
-        for stage, width in enumerate(widths):
-            if 0 < stage < 3:
-                layers.append(nn.MaxPool2d(2))
-            layers.append(_conv_block(channels, width))
-            channels = width
-        self.features = nn.Sequential(*layers)
-        self.num_features = channels
-
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.features(images)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(images)
-
-
 class ResidualBlock(nn.Module):
     """Two 3x3 conv-BN layers added to their input, then ReLU (a ResNet basic block of one width)."""
 
@@ -55,8 +33,8 @@ class ResidualBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    """`SmallCNN` with `blocks[i]` residual blocks after the conv-BN-ReLU of stage i:
-    (B, C, 28, 28) -> (B, widths[-1], 7, 7). With no blocks it is `SmallCNN`."""
+    """Conv-BN-ReLU stages with a 2x2 max-pool between them, each followed by `blocks[i]` residual
+    blocks: (B, C, 28, 28) -> (B, widths[-1], 7, 7)."""
 
     def __init__(
         self,
@@ -85,6 +63,13 @@ class SmallResNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_features(images)
+
+
+class SmallCNN(SmallResNet):
+    """`SmallResNet` without residual blocks: conv-BN-ReLU stages and max-pools only."""
+
+    def __init__(self, in_chans: int = 1, widths: Sequence[int] = (32, 64, 128)) -> None:
+        super().__init__(in_chans, widths, blocks=[0] * len(widths))
 
 
 class MetricLearningExampleNet(nn.Module):
