@@ -161,7 +161,7 @@ def search_role(index_dir: str, queries: str, ids_out: str) -> dict[str, Any]:
     single = rows[:RECALL_QUERIES]
     one_seconds, _ = _timed(lambda: [index.search(single[i : i + 1], K) for i in range(len(single))], 1)
     np.save(ids_out, ids[:RECALL_QUERIES])
-    from embedlab.retrieval.sharded import set_search_parameters
+    from embedlab.retrieval.faiss_index import set_search_parameters
 
     probes = {}
     for nprobe in NPROBES:
@@ -259,7 +259,7 @@ def main() -> None:
         flat = run_role("flat", str(folder / "shards"), str(folder / "queries.npy"), str(folder / "flat.npy"))
         print(f"flat: {json.dumps(flat)} (load average {load_average():.1f})", flush=True)
 
-        from embedlab.retrieval.sharded import recall_at_k
+        from embedlab.retrieval.recall import recall_at_k
 
         exact = np.load(folder / "flat.npy")
         recall = recall_at_k(np.load(folder / "ivfpq.npy"), exact)

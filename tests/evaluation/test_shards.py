@@ -74,6 +74,31 @@ def test_queries_against_a_separate_gallery_match_labels_by_name(tmp_path: Path)
         assert streamed.metrics[name] == pytest.approx(expected.metrics[name], abs=1e-12), name
 
 
+def test_ties_are_ranked_by_gallery_index_as_the_engine_ranks_them(tmp_path: Path) -> None:
+    """Rows drawn from the 16 vectors of entries +-0.5 in 4-d (unit, exact in float32), so almost every
+    similarity ties; labels drawn independently of the rows, so which of the tied items make a query's
+    top d changes the metrics. The gallery spans several shards and query blocks."""
+    rng = np.random.default_rng(4)
+    rows = rng.choice([-0.5, 0.5], size=(300, 4)).astype(np.float32)
+    labels = rng.integers(6, size=300)
+    names = [f"id{c}" for c in range(6)]
+    metrics = [*METRICS, "precision_at_20", "map_at_50"]
+    folder = _write(tmp_path / "q", rows, labels, names, shard_size=45)
+    streamed = evaluate_shards(folder, metrics=metrics, query_block_rows=64)
+    expected = evaluate_retrieval(rows, labels, metrics=metrics)
+    for name in metrics:
+        assert streamed.metrics[name] == pytest.approx(expected.metrics[name], abs=1e-12), name
+    queries, gallery = np.arange(0, 300, 4), np.setdiff1d(np.arange(300), np.arange(0, 300, 4))
+    query_folder = _write(tmp_path / "q2", rows[queries], labels[queries], names, 30)
+    gallery_folder = _write(tmp_path / "g2", rows[gallery], labels[gallery], names, 40)
+    streamed = evaluate_shards(query_folder, gallery_folder, metrics=metrics, query_block_rows=32)
+    expected = evaluate_retrieval(
+        rows[queries], labels[queries], rows[gallery], labels[gallery], metrics=metrics
+    )
+    for name in metrics:
+        assert streamed.metrics[name] == pytest.approx(expected.metrics[name], abs=1e-12), name
+
+
 def test_metrics_of_the_whole_ranking_are_refused(tmp_path: Path) -> None:
     rows, labels = _data(20, 2, seed=2)
     folder = _write(tmp_path / "q", rows, labels, ["a", "b"], 10)

@@ -32,29 +32,23 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from embedlab.evaluation import metrics as M
-from embedlab.retrieval.knn import (
-    DEFAULT_MAX_MEMORY_BYTES,
-    SEARCH_METHODS,
+from embedlab.retrieval.arrays import (
     SIMILARITY_METRICS,
-    ApproximateRecall,
-    Exclusions,
-    IndexOptions,
-    SearchMethod,
     SimilarityMetric,
     as_embedding_matrix,
     as_id_vector,
-    build_index,
     check_choice,
     check_inner_products_finite,
-    default_num_threads,
-    iter_neighbour_blocks,
-    iter_similarity_blocks,
-    make_exclusions,
-    measure_recall,
     prepare_embeddings,
-    sampled_exclusions,
     to_numpy,
 )
+from embedlab.retrieval.exact import DEFAULT_MAX_MEMORY_BYTES, iter_similarity_blocks
+from embedlab.retrieval.exclusions import Exclusions, make_exclusions, sampled_exclusions
+from embedlab.retrieval.faiss_index import IndexOptions, build_index
+from embedlab.retrieval.recall import RecallRecord as ApproximateRecall
+from embedlab.retrieval.recall import measure_recall
+from embedlab.retrieval.search import SEARCH_METHODS, SearchMethod, iter_neighbour_blocks
+from embedlab.retrieval.threads import default_num_threads
 
 LOGGER = logging.getLogger(__name__)
 

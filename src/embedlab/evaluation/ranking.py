@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros
 
-from embedlab.retrieval.knn import parallel_rows
+from embedlab.retrieval.threads import parallel_rows
 
 # Radix digits of 8 bits: 256 buckets.
 _DIGIT_BITS = 8

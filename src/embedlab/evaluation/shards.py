@@ -6,8 +6,8 @@ each query's running top d is kept, d being the largest cutoff asked for or, for
 the block's largest R (as the engine derives it, see engine.py). Every metric that depends on the top d
 alone is computed exactly as `evaluate_retrieval` computes it: precision_at_k, recall_at_k, map_at_k,
 r_precision, map_at_r. `map` and `mrr` need the rank of every positive, anywhere in the ranking, and are
-refused (use `evaluate_retrieval` on arrays that fit in memory). Among gallery items with exactly equal
-similarity, which ones make a query's top d is not specified (the engine ranks the lower index first).
+refused (use `evaluate_retrieval` on arrays that fit in memory). Ties are ranked by gallery index
+ascending (METRICS.md), as the engine ranks them, so both give the same numbers.
 
 Protocol: the gallery is another shard folder, or (gallery=None) the query folder itself, each query's
 own item excluded by id. Labels are matched by name across the two folders. Averages are over queries
@@ -24,7 +24,8 @@ import numpy as np
 from embedlab.embeddings.shards import EmbeddingShards
 from embedlab.evaluation import metrics as M
 from embedlab.evaluation.engine import DEFAULT_METRICS, RetrievalResult, parse_metrics
-from embedlab.retrieval.sharded import exact_neighbours
+from embedlab.retrieval.exact import exact_neighbours
+from embedlab.retrieval.exclusions import make_exclusions
 
 #: The default metrics that each query's top d gives (see the module docstring): all but the
 #: whole-ranking ones.
@@ -91,7 +92,7 @@ def evaluate_shards(
             np.ascontiguousarray(rows, dtype=np.float32),
             (shard.embeddings for shard in gallery_shards),
             depth,
-            exclude=ids if in_itself else None,
+            make_exclusions(len(ids), len(gallery_shards), exclude_index=ids if in_itself else None),
         )
         relevant = (found >= 0) & (gallery_labels[np.maximum(found, 0)] == query_labels[ids][:, None])
         ranks = M.positive_ranks_from_relevance(relevant)

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import numpy as np
 
 from embedlab.evaluation.engine import EmbeddingFiles, RetrievalResult, evaluate_retrieval
+from embedlab.retrieval.arrays import as_embedding_matrix
 from embedlab.retrieval.expansion import database_augmentation, query_expansion
-from embedlab.retrieval.knn import as_embedding_matrix
 from embedlab.retrieval.reranking import KReciprocalParameters, KReciprocalReranker
 from embedlab.retrieval.whitening import PCAWhitening
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from embedlab.retrieval.knn import as_embedding_matrix, l2_normalize
+from embedlab.retrieval.arrays import as_embedding_matrix, l2_normalize
 
 
 def concatenate_embeddings(parts: Sequence[Any], weights: Sequence[float]) -> np.ndarray:

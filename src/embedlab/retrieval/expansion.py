@@ -18,13 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from embedlab.retrieval.knn import (
-    DEFAULT_MAX_MEMORY_BYTES,
-    as_embedding_matrix,
-    iter_neighbour_blocks,
-    l2_normalize,
-    make_exclusions,
-)
+from embedlab.retrieval.arrays import as_embedding_matrix, l2_normalize
+from embedlab.retrieval.exact import DEFAULT_MAX_MEMORY_BYTES
+from embedlab.retrieval.exclusions import make_exclusions
+from embedlab.retrieval.search import iter_neighbour_blocks
 
 
 def weighted_neighbour_sum(

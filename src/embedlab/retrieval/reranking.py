@@ -30,12 +30,9 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from embedlab.retrieval.knn import (
-    DEFAULT_MAX_MEMORY_BYTES,
-    concatenated_ranges,
-    iter_neighbour_blocks,
-    make_exclusions,
-)
+from embedlab.retrieval.exact import DEFAULT_MAX_MEMORY_BYTES
+from embedlab.retrieval.exclusions import concatenated_ranges, make_exclusions
+from embedlab.retrieval.search import iter_neighbour_blocks
 
 # (item, candidate, half-set member, R member) comparisons per block when expanding R(i, k1).
 _EXPANSION_BLOCK_ROWS = 1024

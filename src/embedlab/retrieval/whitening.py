@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from embedlab.atomic import atomic_write
-from embedlab.retrieval.knn import as_embedding_matrix, l2_normalize
+from embedlab.retrieval.arrays import as_embedding_matrix, l2_normalize
 
 # Eigenvalues below this share of the largest are treated as this share, so that near-empty directions
 # are not blown up to unit variance.

@@ -34,13 +34,9 @@ from typing import Literal
 import numpy as np
 
 from embedlab.data.splits import prepare_data
-from embedlab.retrieval.knn import (
-    DEFAULT_MAX_MEMORY_BYTES,
-    as_embedding_matrix,
-    iter_similarity_blocks,
-    make_exclusions,
-    prepare_embeddings,
-)
+from embedlab.retrieval.arrays import as_embedding_matrix, prepare_embeddings
+from embedlab.retrieval.exact import DEFAULT_MAX_MEMORY_BYTES, iter_similarity_blocks
+from embedlab.retrieval.exclusions import make_exclusions
 from embedlab.serving.build import read_gallery
 from embedlab.serving.index import OpenSetRecord, load_index, utc_now, write_index
 from embedlab.serving.searcher import Searcher, load_pipeline

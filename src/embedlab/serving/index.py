@@ -36,17 +36,19 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from embedlab.retrieval.sharded import (
-    IndexSpec,
+from embedlab.retrieval.arrays import sample_rows
+from embedlab.retrieval.exclusions import make_exclusions
+from embedlab.retrieval.faiss_index import (
+    IndexKind,
+    IndexOptions,
     ShardedIndexBuilder,
     add_rows,
     combine,
     empty_index,
-    measure_index_recall,
     parts,
-    sample_rows,
     set_search_parameters,
 )
+from embedlab.retrieval.recall import RecallRecord, measure_recall
 from embedlab.retrieval.whitening import PCAWhitening
 
 MANIFEST_FILE = "manifest.json"
@@ -57,9 +59,17 @@ WHITENING_FILE = "whitening.npz"
 FORMAT_VERSION = 1
 
 CheckpointName = Literal["best", "last"]
-IndexKind = Literal["flat", "ivf", "hnsw", "ivfpq"]
+# The kinds as `index build --kind` and manifests spell them; "flat" is exact search.
+ManifestKind = Literal["flat", "ivf", "hnsw", "ivfpq"]
 RequestedKind = Literal["auto", "flat", "ivf", "hnsw", "ivfpq"]
-INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "hnsw", "ivfpq")
+MANIFEST_KINDS: tuple[ManifestKind, ...] = ("flat", "ivf", "hnsw", "ivfpq")
+#: Each manifest kind as `embedlab.retrieval.faiss_index` names it.
+INDEX_KIND_OF: dict[ManifestKind, IndexKind] = {
+    "flat": "exact",
+    "ivf": "ivf",
+    "hnsw": "hnsw",
+    "ivfpq": "ivfpq",
+}
 
 # Up to FLAT_MAX_ITEMS an exact scan of the gallery costs a few milliseconds per query on one core
 # (1e5 x 128 multiply-adds), so exact answers are free. HNSW answers in about log(N) and needs no
@@ -73,7 +83,7 @@ RECALL_QUERIES = 1000
 RECALL_K = 10
 
 
-def choose_kind(requested: RequestedKind, n_items: int) -> IndexKind:
+def choose_kind(requested: RequestedKind, n_items: int) -> ManifestKind:
     """The faiss index kind for a gallery of n_items: the requested one, or by size for "auto"."""
     if requested != "auto":
         return requested
@@ -136,19 +146,10 @@ class PostprocessingRecord(_Record):
     qe: ExpansionRecord | None = None
 
 
-class RecallRecord(_Record):
-    """recall@k of the faiss index against exact search, measured when it was built, with n_queries
-    gallery rows as queries (each left out of its own results)."""
-
-    k: int = Field(gt=0)
-    n_queries: int = Field(ge=0)
-    recall: float = Field(ge=0.0, le=1.0)
-
-
 class FaissRecord(_Record):
-    """The faiss index kind and its parameters (see `embedlab.retrieval.sharded.IndexSpec`)."""
+    """The faiss index kind and its parameters (see `embedlab.retrieval.faiss_index.IndexOptions`)."""
 
-    kind: IndexKind
+    kind: ManifestKind
     requested_kind: RequestedKind = Field(description="what the user asked for; auto follows the size")
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
@@ -159,14 +160,24 @@ class FaissRecord(_Record):
     pq_m: int | None = Field(None, description="ivfpq: sub-vectors per row, one code of pq_nbits each")
     pq_nbits: int = Field(8, ge=1, le=16)
     shards: int = Field(1, ge=1, description="faiss files the index is split over, searched as one")
-    recall: RecallRecord | None = Field(None, description="approximate kinds, at build time")
+    recall: RecallRecord | None = Field(
+        None,
+        description="approximate kinds, at build time: recall@k against exact search, with n_queries "
+        "gallery rows as queries (each left out of its own results)",
+    )
 
-    def spec(self) -> IndexSpec:
-        return IndexSpec(
-            kind=self.kind,
+    @property
+    def index_kind(self) -> IndexKind:
+        """The kind as `embedlab.retrieval.faiss_index` names it."""
+        return INDEX_KIND_OF[self.kind]
+
+    def options(self) -> IndexOptions:
+        return IndexOptions(
             hnsw_m=self.hnsw_m,
             hnsw_ef_construction=self.hnsw_ef_construction,
-            nlist=self.ivf_nlist,
+            hnsw_ef_search=self.hnsw_ef_search,
+            ivf_nlist=self.ivf_nlist,
+            ivf_nprobe=self.ivf_nprobe,
             pq_m=self.pq_m,
             pq_nbits=self.pq_nbits,
             train_size=self.train_size,
@@ -261,23 +272,32 @@ def build_faiss_index(
     """
     if n_rows == 0:
         raise ValueError("the gallery is empty; an index needs at least one image")
-    spec = record.spec().resolved(n_rows, dim)
+    kind = record.index_kind
+    options = record.options().resolved(kind, n_rows, dim)
     sample = None
-    if spec.train_size is not None and spec.kind in ("ivf", "ivfpq"):
-        sample = rows_of(sample_rows(n_rows, spec.train_size, seed=0))
-    builder = ShardedIndexBuilder(empty_index(spec, dim, sample), n_rows, record.shards)
+    if options.train_size is not None and kind in ("ivf", "ivfpq"):
+        sample = rows_of(sample_rows(n_rows, options.train_size, seed=0))
+    builder = ShardedIndexBuilder(empty_index(kind, dim, options, sample), n_rows, record.shards)
     del sample  # the training rows are not needed past training
     for block in blocks():
         builder.add(block)
     faiss_index = builder.finish()
-    configure_search(faiss_index, record)
     recall = None
-    if record.kind != "flat":
+    if kind != "exact":
         query_ids = sample_rows(n_rows, min(RECALL_QUERIES, n_rows), seed=1)
-        estimate = measure_index_recall(faiss_index, rows_of(query_ids), query_ids, blocks(), RECALL_K)
-        recall = RecallRecord(k=estimate.k, n_queries=estimate.n_queries, recall=estimate.recall)
+        own_rows = make_exclusions(len(query_ids), n_rows, exclude_index=query_ids)
+        recall = measure_recall(
+            rows_of(query_ids), blocks(), RECALL_K, own_rows, index=faiss_index, index_options=options
+        )
+    # After the measurement, which searched with efSearch at least RECALL_K + 1.
+    configure_search(faiss_index, record)
     resolved = record.model_copy(
-        update={"ivf_nlist": spec.nlist, "pq_m": spec.pq_m, "train_size": spec.train_size, "recall": recall}
+        update={
+            "ivf_nlist": options.ivf_nlist,
+            "pq_m": options.pq_m,
+            "train_size": options.train_size,
+            "recall": recall,
+        }
     )
     return faiss_index, resolved
 

@@ -35,7 +35,7 @@ from embedlab.versions import package_versions
 @dataclass(frozen=True)
 class FaissSettings:
     """The faiss choices of `index build` besides the kind; None leaves them to the gallery's size
-    (see `embedlab.retrieval.sharded.IndexSpec`)."""
+    (see `embedlab.retrieval.faiss_index.IndexOptions`)."""
 
     nlist: int | None = None
     nprobe: int = 16

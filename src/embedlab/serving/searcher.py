@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from embedlab.retrieval.arrays import l2_normalize
 from embedlab.retrieval.expansion import weighted_neighbour_sum
-from embedlab.retrieval.knn import l2_normalize
 from embedlab.retrieval.whitening import PCAWhitening
 from embedlab.serving.images import DEFAULT_MAX_PIXELS, decode_image
 from embedlab.serving.index import GalleryIndex, IndexManifest, ModelRecord, load_index

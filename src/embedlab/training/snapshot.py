@@ -27,7 +27,7 @@ import numpy as np
 
 from embedlab.atomic import atomic_write
 from embedlab.data.images import LabelledImages
-from embedlab.retrieval.knn import search
+from embedlab.retrieval.search import search
 
 #: Results kept per query: a grid shows fewer, and 10 keeps the file small for large query sets.
 SNAPSHOT_K = 10
