@@ -51,6 +51,30 @@ def make_index(n: int = 40, kind: str = "auto", seed: int = 0) -> GalleryIndex:
     return GalleryIndex.create(manifest(kind, n), items, unit_rows(n, seed))
 
 
+def test_a_faiss_record_as_manifests_store_it_reads_and_writes_unchanged() -> None:
+    """Manifests spell exact search "flat" and store recall as k, n_queries, recall: both stay so, and
+    map onto embedlab.retrieval's kind "exact" and its RecallRecord."""
+    stored = {
+        "kind": "ivf",
+        "requested_kind": "auto",
+        "ivf_nlist": 40,
+        "recall": {"k": 10, "n_queries": 1000, "recall": 0.97},
+    }
+    record = FaissRecord.model_validate(stored)
+    assert record.index_kind == "ivf" and record.recall is not None and record.recall.recall == 0.97
+    assert json.loads(record.model_dump_json()) == {
+        **FaissRecord(kind="ivf", requested_kind="auto").model_dump(),
+        **stored,
+    }
+    flat = FaissRecord.model_validate({"kind": "flat", "requested_kind": "flat"})
+    assert flat.index_kind == "exact" and json.loads(flat.model_dump_json())["kind"] == "flat"
+    assert {"kind": "flat", "recall": None}.items() <= json.loads(
+        make_index(10).manifest.faiss.model_dump_json()
+    ).items()
+    built = json.loads(make_index(60, "ivf").manifest.faiss.model_dump_json())
+    assert set(built["recall"]) == {"k", "n_queries", "recall"}
+
+
 def test_auto_kind_follows_the_gallery_size() -> None:
     assert choose_kind("auto", 10) == "flat"
     assert choose_kind("auto", index_module.FLAT_MAX_ITEMS) == "flat"
