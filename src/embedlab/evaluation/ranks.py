@@ -88,6 +88,7 @@ def block_ranks(
 
 
 def relevance_ranks(indices: np.ndarray, codes: np.ndarray, labels: LabelIndex) -> np.ndarray:
+    """Padded positive ranks (rows, M) read off neighbour lists (rows, d) of gallery indices, -1 for none."""
     neighbour_codes = np.where(indices >= 0, labels.gallery_codes[np.maximum(indices, 0)], -1)
     relevance = (neighbour_codes == codes[:, None]) & (codes[:, None] >= 0)
     return M.positive_ranks_from_relevance(relevance)
