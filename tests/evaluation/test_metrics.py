@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from embedlab.evaluation import metrics as M
+from embedlab.metric_names import parse_metric
 
 
 def _loop_metrics(relevance: list[int], n_positives: int, k: int) -> dict[str, float]:
@@ -105,3 +106,19 @@ def test_relevance_conversion_pads_with_inf_and_refuses_other_shapes() -> None:
     np.testing.assert_array_equal(ranks, [[2.0, 3.0], [np.inf, np.inf]])
     with pytest.raises(ValueError, match="2-D"):
         M.positive_ranks_from_relevance(np.array([True, False]))
+
+
+def test_metric_values_computes_each_kind_with_its_formula() -> None:
+    ranks = np.array([[1.0, 4.0, np.inf], [2.0, 3.0, 5.0], [np.inf, np.inf, np.inf]])
+    n_positives = np.array([2, 3, 0])
+    formulas = {
+        "precision_at_3": M.precision_at_k(ranks, 3),
+        "recall_at_1": M.recall_at_k(ranks, 1),
+        "map_at_2": M.map_at_k(ranks, n_positives, 2),
+        "r_precision": M.r_precision(ranks, n_positives),
+        "map_at_r": M.map_at_r(ranks, n_positives),
+        "map": M.average_precision(ranks, n_positives),
+        "mrr": M.reciprocal_rank(ranks),
+    }
+    for name, expected in formulas.items():
+        np.testing.assert_array_equal(M.metric_values(parse_metric(name), ranks, n_positives), expected, name)

@@ -16,7 +16,11 @@ A query with R = 0 scores 0 here; the engine decides whether it is averaged (MET
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+
+from embedlab.metric_names import MetricKind, MetricSpec
 
 
 def positive_ranks_from_relevance(relevance: np.ndarray) -> np.ndarray:
@@ -91,3 +95,19 @@ def average_precision(positive_ranks: np.ndarray, n_positives: np.ndarray) -> np
 def reciprocal_rank(positive_ranks: np.ndarray) -> np.ndarray:
     """mrr (per query) = 1 / rank of the first positive; 0 without positives. Needs the first rank."""
     return 1.0 / positive_ranks[:, 0]
+
+
+_FORMULAS: dict[MetricKind, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {
+    "precision_at_k": lambda ranks, _r, k: precision_at_k(ranks, k),
+    "recall_at_k": lambda ranks, _r, k: recall_at_k(ranks, k),
+    "r_precision": lambda ranks, r, _k: r_precision(ranks, r),
+    "map_at_r": lambda ranks, r, _k: map_at_r(ranks, r),
+    "map_at_k": lambda ranks, r, k: map_at_k(ranks, r, k),
+    "map": lambda ranks, r, _k: average_precision(ranks, r),
+    "mrr": lambda ranks, _r, _k: reciprocal_rank(ranks),
+}
+
+
+def metric_values(spec: MetricSpec, positive_ranks: np.ndarray, n_positives: np.ndarray) -> np.ndarray:
+    """Per-query values (Nq,) float64 of one metric from padded positive ranks (Nq, M) and R (Nq,)."""
+    return _FORMULAS[spec.kind](positive_ranks, n_positives, spec.k or 0)

@@ -23,7 +23,8 @@ import numpy as np
 
 from embedlab.embeddings.shards import EmbeddingShards
 from embedlab.evaluation import metrics as M
-from embedlab.evaluation.engine import DEFAULT_METRICS, RetrievalResult, parse_metrics
+from embedlab.evaluation.results import RetrievalResult
+from embedlab.metric_names import DEFAULT_METRICS, parse_metrics
 from embedlab.retrieval.exact import exact_neighbours
 from embedlab.retrieval.exclusions import make_exclusions
 
@@ -97,7 +98,7 @@ def evaluate_shards(
         relevant = (found >= 0) & (gallery_labels[np.maximum(found, 0)] == query_labels[ids][:, None])
         ranks = M.positive_ranks_from_relevance(relevant)
         for spec in specs:
-            values[spec.name][ids] = spec.compute(ranks, block_r)
+            values[spec.name][ids] = M.metric_values(spec, ranks, block_r)
 
     scored = n_positives > 0
     if not scored.any():

@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from embedlab.evaluation.engine import EmbeddingFiles, RetrievalResult, evaluate_retrieval
+from embedlab.evaluation.engine import evaluate_retrieval
+from embedlab.evaluation.files import EmbeddingFiles
+from embedlab.evaluation.results import RetrievalResult
 from embedlab.retrieval.arrays import as_embedding_matrix
 from embedlab.retrieval.expansion import database_augmentation, query_expansion
 from embedlab.retrieval.reranking import KReciprocalParameters, KReciprocalReranker

@@ -1,0 +1,249 @@
+"""The experiment config's typed sections (pydantic), checked when read; an unknown key is an error."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from embedlab.metric_names import DEFAULT_METRICS, parse_metric, parse_metrics
+
+
+class Section(BaseModel):
+    """A section of the config: an unknown key is an error, and so is an assignment of a bad value."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ValidationSplitConfig(Section):
+    """How validation data is made when the dataset brings none (the split is recorded in the run)."""
+
+    split: Literal["auto", "predefined", "classes", "images"] = Field(
+        "auto",
+        description="auto: the dataset's own test split if it has one, else held-out classes; "
+        "classes: hold out whole classes (open set); images: hold out images of every class",
+    )
+    fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of classes or images held out")
+    seed: int = Field(0, description="seed of the split, independent of train.seed")
+
+
+class AugmentConfig(Section):
+    """Augmentations applied on batches of tensors during training."""
+
+    flip: bool = Field(False, description="random horizontal flip")
+    crop_padding: int = Field(0, ge=0, description="pad by this many pixels, then crop back at random")
+
+
+class DataConfig(Section):
+    dataset: str = Field(
+        "fashion-mnist", description="a built-in name (fashion-mnist, mnist-5k, digits), a folder, or a CSV"
+    )
+    root: str | None = Field(
+        None, description="folder the CSV's relative paths start from (default: its own)"
+    )
+    image_size: int | None = Field(None, gt=0, description="side in pixels; default: the set's own size")
+    channels: Literal[1, 3] | None = Field(None, description="default: 1 for grey built-in sets, 3 for files")
+    validation: ValidationSplitConfig = ValidationSplitConfig()
+    gallery: Literal["auto", "train", "validation"] = Field(
+        "auto",
+        description="what the validation queries search: train images, or the validation set itself "
+        "(each query's own row excluded); auto: train for a predefined test split, else validation",
+    )
+    max_images_per_split: int | None = Field(None, gt=0, description="subsample each split (quick runs)")
+    m_per_class: int | None = Field(None, gt=0, description="m images per class in every batch")
+    augment: AugmentConfig = AugmentConfig()
+    num_workers: int = Field(0, ge=0, description="data-loading processes for image files")
+
+
+class DOLGConfig(Section):
+    """The DOLG head (Yang et al., ICCV 2021; models/dolg.py): used when model.head is dolg."""
+
+    local_stage: int = Field(
+        -2,
+        description="the backbone stage whose map feeds the local branch: an index into timm's "
+        "feature_info (a ResNet's are the stem and layer1..layer4), negative counts from the end; "
+        "it must come before the last stage, which feeds the global branch",
+    )
+    local_dim: int = Field(
+        512, gt=0, description="channels of the local branch; the fused vector has twice as many"
+    )
+    dilations: list[int] = Field(
+        default_factory=lambda: [3, 6, 9],
+        min_length=1,
+        description="dilation rates of the multi-atrous block's parallel 3x3 convolutions",
+    )
+
+    @field_validator("dilations")
+    @classmethod
+    def _dilations_positive(cls, value: list[int]) -> list[int]:
+        if any(rate < 1 for rate in value):
+            raise ValueError(f"every dilation rate must be 1 or more, got {value}")
+        return value
+
+
+class ModelConfig(Section):
+    backbone: str = Field("small_cnn", description="a timm model name, small_cnn or small_resnet")
+    backbone_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments of the backbone (timm's create_model, e.g. drop_path_rate)",
+    )
+    pretrained: bool = Field(False, description="timm's pretrained weights (needs a reachable hub)")
+    weights_path: str | None = Field(None, description="a local weights file for the backbone")
+    head: Literal["global", "dolg"] = Field(
+        "global",
+        description="global: pooling of the last stage's map; dolg: DOLG's orthogonal fusion of a local "
+        "branch (an intermediate stage) with the pooled last stage (model.dolg; timm backbones only)",
+    )
+    dolg: DOLGConfig = DOLGConfig()
+    pooling: Literal["gem", "avg", "max", "flatten"] = Field(
+        "gem",
+        description="global pooling of the feature map (of the global branch with head dolg); flatten "
+        "keeps the layout (fixed input size)",
+    )
+    gem_p: float = Field(3.0, gt=0.0, description="initial GeM exponent (learned)")
+    neck: Literal["bn", "linear"] = Field(
+        "bn", description="bn: Linear then BatchNorm; linear: Linear with bias"
+    )
+    embedding_dim: int = Field(128, gt=0, description="size of the L2-normalised embedding")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the neck's linear layer")
+
+    @model_validator(mode="after")
+    def _dolg_pools_a_vector(self) -> ModelConfig:
+        if self.head == "dolg" and self.pooling == "flatten":
+            raise ValueError(
+                "model.pooling flatten does not fit model.head dolg, whose global branch needs a "
+                "vector: use gem, avg or max"
+            )
+        return self
+
+
+class MinerConfig(BaseModel):
+    """A pytorch-metric-learning miner by name, with its keyword arguments beside `name`."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def label(self) -> str:
+        return _call_label(self.name, self.kwargs())
+
+
+def _call_label(name: str, kwargs: Mapping[str, Any]) -> str:
+    args = ", ".join(f"{key}={value}" for key, value in kwargs.items())
+    return f"{name}({args})" if args else name
+
+
+class LossConfig(BaseModel):
+    """A loss by name with its own keyword arguments beside `name`.
+
+    `weight` (its factor in a sum of losses), `lr` (the learning rate of its parameters) and `miner`
+    (the miner that feeds it) are embedlab's; every other key goes to the loss class.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    weight: float = 1.0
+    lr: float | None = Field(None, gt=0.0)
+    miner: MinerConfig | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def label(self) -> str:
+        text = _call_label(self.name, self.kwargs())
+        return text if self.miner is None else f"{text} mined by {self.miner.label()}"
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw", "adam", "sgd"] = Field("adamw", description="SGD is Nesterov with momentum")
+    lr: float = Field(1e-3, gt=0.0, description="learning rate of the model (peak, after warm-up)")
+    head_lr: float | None = Field(None, gt=0.0, description="learning rate of loss parameters; default lr")
+    weight_decay: float = Field(1e-4, ge=0.0, description="on the model's weights, not norms or biases")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only")
+
+
+class SchedulerConfig(Section):
+    name: Literal["cosine", "step", "constant"] = Field(
+        "cosine", description="learning-rate schedule, per step"
+    )
+    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up, in (fractional) epochs")
+    step_epochs: int = Field(1, gt=0, description="step: epochs between decays")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: decay factor")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine: final lr as a share of lr")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(1, gt=0, description="passes over the training images")
+    batch_size: int = Field(64, gt=1, description="training images per step")
+    seed: int = Field(0, description="seed of weights, batches and augmentation")
+    eval_batch_size: int = Field(512, gt=0, description="images per step when embedding")
+    eval_every_n_epochs: int = Field(1, gt=0, description="validation every n epochs, and after the last")
+    max_steps_per_epoch: int | None = Field(None, gt=0, description="cap steps per epoch (quick runs)")
+    precision: Literal["32-true", "bf16-mixed"] = Field("32-true", description="Lightning's precision")
+    threads: int | None = Field(None, gt=0, description="torch threads; default: all cores")
+    channels_last: bool = Field(
+        False, description="train the model in channels-last memory format (faster BN-conv nets on CPU)"
+    )
+    ema_decay: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="keep an exponential moving average of the weights with this decay per step, "
+        "and validate, checkpoint and export the average",
+    )
+    metrics: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_METRICS),
+        description="validation metrics (names from METRICS.md)",
+    )
+    monitor: str = Field("map_at_r", description="the metric that picks the best checkpoint")
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_are_known(cls, value: list[str]) -> list[str]:
+        parse_metrics(value)
+        return value
+
+    @field_validator("monitor")
+    @classmethod
+    def _monitor_is_known(cls, value: str) -> str:
+        parse_metric(value)
+        return value
+
+
+class ExperimentConfig(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig | list[LossConfig] = Field(
+        LossConfig(name="CircleLoss", m=0.4, gamma=80),
+        description="one loss block or a weighted list (below)",
+    )
+    miner: MinerConfig | None = Field(None, description="the miner for every loss without its own")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    train: TrainConfig = TrainConfig()
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description="compare: dotted key -> values; every combination is run"
+    )
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_list_not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("loss: give at least one loss")
+        return value
+
+    @model_validator(mode="after")
+    def _monitor_is_a_metric(self) -> ExperimentConfig:
+        if self.train.monitor not in self.train.metrics:
+            raise ValueError(f"train.monitor {self.train.monitor!r} is not one of train.metrics")
+        return self
+
+    def losses(self) -> list[LossConfig]:
+        return self.loss if isinstance(self.loss, list) else [self.loss]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude={"grid"}), sort_keys=False)
