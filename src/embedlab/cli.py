@@ -275,7 +275,7 @@ def embed(
     """Embed a large image collection into shard files (embeddings and ids), on one or more processes."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    from embedlab.embeddings.pipeline import embed_to_shards
+    from embedlab.pipelines.embed import embed_to_shards
 
     try:
         result = embed_to_shards(
@@ -323,9 +323,9 @@ def compare(
 
 
 def _run_comparison(raw: dict, out: Path, axes: list, seeds: int) -> None:
+    from embedlab.pipelines.compare import compare as run_compare
     from embedlab.reporting.leaderboard import leaderboard_table
     from embedlab.reporting.report import build_report
-    from embedlab.training.compare import compare as run_compare
 
     def announce(label: str, seed: int, run_dir: Path) -> None:
         console.rule(f"{label} · seed {seed}")
