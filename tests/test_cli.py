@@ -76,6 +76,22 @@ def test_unknown_config_key_is_a_clear_error(digits_config: Path, tmp_path: Path
     assert "unknown key 'model.embeding_dim'" in result.stdout and "embedding_dim" in result.stdout
 
 
+def test_a_config_error_is_reported_before_torch_is_imported(tmp_path: Path) -> None:
+    config = tmp_path / "typo.yaml"
+    config.write_text("train:\n  epocs: 3\n")
+    probe = (
+        "import sys\n"
+        "from embedlab.cli import app\n"
+        "try:\n"
+        f"    app(['train', {str(config)!r}], prog_name='embedlab')\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code, 'torch' in sys.modules, 'lightning' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "unknown key 'train.epocs'" in result.stdout
+    assert result.stdout.strip().endswith("exit 2 False False"), result.stdout
+
+
 def test_evaluate_embeddings_from_npy_files(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     np.save(tmp_path / "q.npy", rng.normal(size=(30, 4)).astype(np.float32))

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from embedlab.cli import app
-from embedlab.embeddings.pipeline import embed_to_shards
 from embedlab.embeddings.shards import Shard, ShardSpec, write_items, write_manifest, write_shard, write_spec
+from embedlab.pipelines.embed import embed_to_shards
 from embedlab.serving.build import add_to_gallery_index
 from embedlab.serving.index import load_index
 from embedlab.serving.large import FaissSettings, build_index_from_shards

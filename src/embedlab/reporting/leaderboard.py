@@ -17,6 +17,14 @@ from embedlab.atomic import atomic_write_text
 #: Columns besides the metrics: training time and throughput, averaged over seeds like the metrics.
 COST_COLUMNS = ("train_seconds", "images_per_second")
 
+#: The leaderboard's metric columns, when the runs compute them.
+LEADERBOARD_METRICS = ("precision_at_1", "recall_at_5", "r_precision", "map_at_r", "map")
+
+
+def ranked_metrics(available: set[str]) -> list[str]:
+    """The metrics a leaderboard ranks by: its own columns that every run computed, else all of them."""
+    return [m for m in LEADERBOARD_METRICS if m in available] or sorted(available)
+
 
 @dataclass
 class LeaderboardRow:

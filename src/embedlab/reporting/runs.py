@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -10,12 +11,22 @@ from pathlib import Path
 from typing import Any
 
 from embedlab.config import ExperimentConfig, load_config
+from embedlab.reporting.leaderboard import ranked_metrics
 from embedlab.training.callbacks import read_history
-from embedlab.training.compare import LEADERBOARD_METRICS, slug
 from embedlab.training.run_dir import CONFIG_FILE, HISTORY_FILE, SNAPSHOT_FILE, SUMMARY_FILE, read_json
 from embedlab.training.snapshot import RetrievalSnapshot, read_snapshot
 
 COMPARISON_FILE = "comparison.json"
+
+
+def slug(text: str) -> str:
+    """A combination's name as a folder name."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:120] or "default"
+
+
+def comparison_run_dir(folder: Path, combination: str, seed: int) -> Path:
+    """Where a comparison keeps the run of one combination and seed: DIR/runs/<slug>/seed-<seed>."""
+    return folder / "runs" / slug(combination) / f"seed-{seed}"
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,7 @@ def load_runs(folder: str | Path) -> list[RunRecord]:
     if listing.is_file():
         entries = json.loads(listing.read_text())["runs"]
         return [
-            load_run(folder / "runs" / slug(e["combination"]) / f"seed-{e['seed']}", e["combination"])
+            load_run(comparison_run_dir(folder, e["combination"], e["seed"]), e["combination"])
             for e in entries
         ]
     if (folder / SUMMARY_FILE).is_file():
@@ -77,4 +88,4 @@ def load_runs(folder: str | Path) -> list[RunRecord]:
 def leaderboard_metrics(runs: Sequence[RunRecord]) -> list[str]:
     """The metrics `compare` ranks by: its leaderboard's metrics that every run computed."""
     available = set.intersection(*(set(run.summary["metrics"]) for run in runs))
-    return [m for m in LEADERBOARD_METRICS if m in available] or sorted(available)
+    return ranked_metrics(available)

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from embedlab.cli import app
 from embedlab.config import load_config
 from embedlab.data.sources import read_folder
-from embedlab.embeddings.pipeline import embed_to_shards
 from embedlab.embeddings.shards import MANIFEST_FILE, EmbeddingShards, shard_path
 from embedlab.models.inference import embed
+from embedlab.pipelines.embed import embed_to_shards
 from embedlab.training.fit import fit
 from embedlab.training.run_dir import load_run
 
@@ -133,7 +133,7 @@ TORCHRUN_PROCESS = textwrap.dedent(
     import torch
 
     torch.set_num_threads(1)
-    from embedlab.embeddings.pipeline import embed_to_shards
+    from embedlab.pipelines.embed import embed_to_shards
 
     embed_to_shards(RUN_DIR, IMAGES, OUT, shard_size=SHARD_SIZE, progress=False)
     """

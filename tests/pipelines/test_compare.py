@@ -1,7 +1,7 @@
 import csv
 
 from embedlab.config import load_config, parse_grid_option
-from embedlab.training.compare import compare
+from embedlab.pipelines.compare import compare
 from embedlab.training.fit import fit
 
 
@@ -36,7 +36,7 @@ def test_finished_runs_are_reused_when_a_comparison_is_run_again(tmp_path, monke
     _, raw = load_config(None, quick_digits)
     compare(raw, tmp_path, progress=False)
     calls = []
-    monkeypatch.setattr("embedlab.training.compare.fit", lambda *a, **k: calls.append(a) or fit(*a, **k))
+    monkeypatch.setattr("embedlab.pipelines.compare.fit", lambda *a, **k: calls.append(a) or fit(*a, **k))
     again = compare(raw, tmp_path, progress=False)
     assert calls == [] and len(again.rows) == 1
 
@@ -45,7 +45,7 @@ def test_a_run_folder_of_another_config_is_trained_again(tmp_path, monkeypatch, 
     _, raw = load_config(None, quick_digits)
     compare(raw, tmp_path, progress=False)
     calls = []
-    monkeypatch.setattr("embedlab.training.compare.fit", lambda *a, **k: calls.append(a) or fit(*a, **k))
+    monkeypatch.setattr("embedlab.pipelines.compare.fit", lambda *a, **k: calls.append(a) or fit(*a, **k))
     _, changed = load_config(None, [*quick_digits, "optimizer.lr=0.01"])
     compare(changed, tmp_path, progress=False)
     assert len(calls) == 1

@@ -8,14 +8,19 @@ folder made by another config is trained again. The leaderboard goes to DIR/lead
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from embedlab.config import ExperimentConfig, expand_grid, parse_config
-from embedlab.reporting.leaderboard import LeaderboardRow, build_leaderboard, write_leaderboard
+from embedlab.reporting.leaderboard import (
+    LeaderboardRow,
+    build_leaderboard,
+    ranked_metrics,
+    write_leaderboard,
+)
+from embedlab.reporting.runs import COMPARISON_FILE, comparison_run_dir
 from embedlab.training.fit import fit
 from embedlab.training.run_dir import (
     CHECKPOINT_DIR,
@@ -25,9 +30,6 @@ from embedlab.training.run_dir import (
     write_json,
 )
 
-#: The leaderboard's metric columns, when the runs compute them.
-LEADERBOARD_METRICS = ("precision_at_1", "recall_at_5", "r_precision", "map_at_r", "map")
-
 
 @dataclass
 class Comparison:
@@ -36,10 +38,6 @@ class Comparison:
     metrics: list[str]
     csv_path: Path
     markdown_path: Path
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:120] or "default"
 
 
 def _same_config(run_dir: Path, cfg: ExperimentConfig) -> bool:
@@ -78,7 +76,7 @@ def compare(
         for offset in range(seeds):
             seed = cfg.train.seed + offset
             run_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
-            run_dir = out_dir / "runs" / slug(label) / f"seed-{seed}"
+            run_dir = comparison_run_dir(out_dir, label, seed)
             if on_run is not None:
                 on_run(label, seed, run_dir)
             summary = _finished_summary(run_dir, run_cfg)
@@ -89,11 +87,11 @@ def compare(
                 summary = fit(run_cfg, run_dir, resume=resume, force=not resume, progress=progress).summary
             results.append((label, seed, summary))
     available = set.intersection(*(set(s["metrics"]) for _, _, s in results))
-    metrics = [m for m in LEADERBOARD_METRICS if m in available] or sorted(available)
+    metrics = ranked_metrics(available)
     rows = build_leaderboard(results, metrics)
     csv_path, md_path = write_leaderboard(rows, metrics, out_dir)
     write_json(
-        out_dir / "comparison.json",
+        out_dir / COMPARISON_FILE,
         {
             "combinations": labels,
             "seeds": seeds,

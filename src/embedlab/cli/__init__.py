@@ -1,0 +1,29 @@
+"""The `embedlab` command (typer): parses arguments and calls the pipelines; no logic of its own.
+
+One module per command group; each imports what its command needs when it runs, so `embedlab --help`
+and a config error do not wait for torch.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from embedlab.cli.embedding import embed
+from embedlab.cli.evaluation import evaluate
+from embedlab.cli.index import index_app
+from embedlab.cli.reports import report
+from embedlab.cli.serving import calibrate, export, search, serve
+from embedlab.cli.training import compare, demo, train
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train, compare, evaluate and serve embedding models for image retrieval.",
+)
+for _command in (train, evaluate, embed, compare, demo, report):
+    app.command()(_command)
+app.add_typer(index_app, name="index")
+for _command in (search, calibrate, serve, export):
+    app.command()(_command)
+
+__all__ = ["app"]

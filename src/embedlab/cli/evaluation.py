@@ -1,0 +1,172 @@
+"""`embedlab evaluate`: the metrics of a run or of .npy embeddings or shards, with post-processing rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal, cast
+
+import typer
+
+from embedlab.cli.errors import console, fail
+from embedlab.cli.tables import print_metrics
+
+if TYPE_CHECKING:
+    from embedlab.evaluation import RetrievalResult
+    from embedlab.evaluation.steps import Postprocessing, StepResult
+
+
+def evaluate(
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="A run folder to evaluate on its validation split.")
+    ] = None,
+    query_embeddings: Annotated[Path | None, typer.Option(help="Query embeddings (N, D) .npy.")] = None,
+    query_labels: Annotated[Path | None, typer.Option(help="Query labels (N,) .npy.")] = None,
+    gallery_embeddings: Annotated[Path | None, typer.Option(help="Gallery embeddings (M, D) .npy.")] = None,
+    gallery_labels: Annotated[Path | None, typer.Option(help="Gallery labels (M,) .npy.")] = None,
+    groups: Annotated[
+        Path | None,
+        typer.Option(help="Ignore groups .npy: (Nq,) without a gallery, else (Nq+Ng,) queries first."),
+    ] = None,
+    metrics: Annotated[str | None, typer.Option(help="Comma-separated metric names.")] = None,
+    query_shards: Annotated[
+        Path | None, typer.Option(help="Query embeddings as shards of `embedlab embed`, read one at a time.")
+    ] = None,
+    gallery_shards: Annotated[
+        Path | None, typer.Option(help="Gallery shards (default: the queries searched in themselves).")
+    ] = None,
+    ensemble: Annotated[
+        list[str] | None,
+        typer.Option(help="Another run to ensemble with RUN_DIR: RUN_DIR[:WEIGHT] (repeatable)."),
+    ] = None,
+    tta: Annotated[
+        list[str] | None, typer.Option(help="Test-time augmentation: flip, scales:S1,S2,... (repeatable).")
+    ] = None,
+    whiten: Annotated[int | None, typer.Option(help="PCA whitening to DIM dimensions.")] = None,
+    whiten_on: Annotated[str, typer.Option(help="Learn the whitening on: gallery or train.")] = "gallery",
+    dba: Annotated[str | None, typer.Option(help="Database-side augmentation: K,ALPHA.")] = None,
+    qe: Annotated[str | None, typer.Option(help="alpha-query expansion: K,ALPHA.")] = None,
+    rerank: Annotated[str | None, typer.Option(help="k-reciprocal re-ranking: K1,K2,LAMBDA.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (a list of rows with steps).")] = False,
+) -> None:
+    """Retrieval metrics of a trained run, or of embeddings made anywhere (.npy files).
+
+    With --ensemble, --tta, --whiten, --dba, --qe or --rerank, one row per step, each adding its step to
+    the rows above it (in this order), so the table shows what each step added and what it cost.
+    """
+    from embedlab.evaluation import evaluate_embedding_files, evaluate_shards
+    from embedlab.evaluation.shards import SHARD_METRICS
+    from embedlab.evaluation.steps import Postprocessing, parse_expansion, parse_rerank
+    from embedlab.training.evaluate import evaluate_run
+
+    metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    try:
+        if query_shards is not None or gallery_shards is not None:
+            if query_shards is None or run_dir is not None or query_embeddings is not None:
+                raise ValueError(
+                    "--gallery-shards needs --query-shards, which takes no RUN_DIR or .npy files"
+                )
+            if ensemble or tta or whiten or dba or qe or rerank or groups:
+                raise ValueError("shards are evaluated as they are: no retrieval steps or --groups")
+            result = evaluate_shards(query_shards, gallery_shards, metrics=metric_names or SHARD_METRICS)
+            _print_result(result, as_json)
+            return
+        if run_dir is not None and query_embeddings is not None:
+            raise ValueError("give either RUN_DIR or --query-embeddings, not both")
+        if run_dir is None and (query_embeddings is None or query_labels is None):
+            raise ValueError("give RUN_DIR, or --query-embeddings with --query-labels")
+        if whiten_on not in ("gallery", "train"):
+            raise ValueError(f"--whiten-on must be gallery or train, got {whiten_on!r}")
+        steps = Postprocessing(
+            whiten_dim=whiten,
+            whiten_on=cast("Literal['gallery', 'train']", whiten_on),
+            dba=None if dba is None else parse_expansion("--dba", dba),
+            qe=None if qe is None else parse_expansion("--qe", qe),
+            rerank=None if rerank is None else parse_rerank(rerank),
+        )
+        if ensemble or tta or steps.requested:
+            rows = _evaluate_steps(
+                run_dir,
+                (query_embeddings, query_labels, gallery_embeddings, gallery_labels, groups),
+                metric_names,
+                ensemble or [],
+                tta or [],
+                steps,
+            )
+        elif run_dir is not None:
+            result = evaluate_run(run_dir, metric_names)
+        else:
+            assert query_embeddings is not None and query_labels is not None
+            result = evaluate_embedding_files(
+                query_embeddings, query_labels, gallery_embeddings, gallery_labels, groups, metric_names
+            )
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        raise fail(str(error)) from None
+    if ensemble or tta or steps.requested:
+        if as_json:
+            typer.echo(json.dumps([row.to_dict() for row in rows]))
+        else:
+            _print_step_rows(rows)
+    else:
+        _print_result(result, as_json)
+
+
+def _print_result(result: RetrievalResult, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    print_metrics(result.metrics, "retrieval metrics")
+    console.print(
+        f"{result.n_queries} queries, {result.n_queries_without_positives} without positives "
+        "(excluded from the averages)"
+    )
+
+
+def _evaluate_steps(
+    run_dir: Path | None,
+    files: tuple[Path | None, ...],
+    metric_names: list[str] | None,
+    ensemble: list[str],
+    tta: list[str],
+    steps: Postprocessing,
+) -> list[StepResult]:
+    from embedlab.evaluation import DEFAULT_METRICS, load_embedding_files
+    from embedlab.evaluation.steps import RetrievalProblem, postprocessing_rows, score_step
+    from embedlab.models.tta import TestTimeAugmentation
+    from embedlab.training.evaluate import EnsembleMember, evaluate_run_steps
+
+    if run_dir is not None:
+        return evaluate_run_steps(
+            run_dir,
+            metric_names,
+            ensemble=[EnsembleMember.parse(member) for member in ensemble],
+            tta=TestTimeAugmentation.parse(tta) if tta else None,
+            steps=steps,
+        )
+    if ensemble or tta:
+        raise ValueError("--ensemble and --tta embed images with trained models: give a RUN_DIR")
+    problem = RetrievalProblem.from_files(load_embedding_files(*files))  # type: ignore[arg-type]
+    names = metric_names or list(DEFAULT_METRICS)
+    return [score_step("embeddings", problem, names, 0.0), *postprocessing_rows(problem, steps, names)]
+
+
+def _print_step_rows(rows: list[StepResult]) -> None:
+    from rich.table import Table
+
+    names = list(rows[0].result.metrics)
+    table = Table(title="retrieval metrics, each row adding its step to those above")
+    table.add_column("step")
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column("step s", justify="right")
+    table.add_column("scoring s", justify="right")
+    for index, row in enumerate(rows):
+        cells = [f"{row.result.metrics[name]:.4f}" for name in names]
+        label = row.step if index == 0 else f"+ {row.step}"
+        table.add_row(label, *cells, f"{row.step_seconds:.1f}", f"{row.scoring_seconds:.1f}")
+    console.print(table)
+    first = rows[0].result
+    console.print(
+        f"{first.n_queries} queries, {first.n_queries_without_positives} without positives "
+        "(excluded from the averages)"
+    )

@@ -1,0 +1,118 @@
+"""The training commands: train one run, compare a grid over seeds, and the demo comparison."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from embedlab.cli.errors import console, fail, fail_once, launch_rank
+from embedlab.cli.options import SetOption
+from embedlab.cli.tables import print_metrics
+from embedlab.config import ConfigError, load_config, parse_grid_option, read_yaml
+
+DEMO_CONFIG = "fashion_mnist_losses.yaml"
+
+
+def packaged_config(name: str) -> Path:
+    return Path(str(resources.files("embedlab") / "configs" / name))
+
+
+def train(
+    config: Annotated[Path, typer.Argument(help="The experiment config (YAML).")],
+    set_: SetOption = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<config name>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing run folder.")] = False,
+    devices: Annotated[
+        int | None,
+        typer.Option(min=1, help="Training processes on this machine (DDP); default: torchrun's, else 1."),
+    ] = None,
+    num_nodes: Annotated[
+        int | None, typer.Option(min=1, help="Machines, each running --devices processes (torchrun).")
+    ] = None,
+) -> None:
+    """Train one model and write its run folder (checkpoints, metrics.csv, summary.json, curves.png)."""
+    # The config is read before torch and Lightning are imported, so a typo is reported at once.
+    try:
+        cfg, _ = load_config(config, set_ or [])
+    except ConfigError as error:
+        raise fail_once(str(error), launch_rank()) from None
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from embedlab.reporting.curves import write_run_curves
+    from embedlab.training.fit import fit
+    from embedlab.training.module import NonFiniteLossError, NonFiniteWeightsError
+
+    try:
+        result = fit(
+            cfg,
+            out or Path("runs") / config.stem,
+            resume=resume,
+            force=force,
+            devices=devices,
+            num_nodes=num_nodes,
+        )
+    except (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        FileExistsError,
+        NonFiniteLossError,
+        NonFiniteWeightsError,
+    ) as error:
+        raise fail_once(str(error), rank_zero_only.rank) from None
+    if not result.main_process:
+        return
+    print_metrics(result.metrics, f"{result.run_dir}: final validation metrics")
+    console.print(
+        f"trained in {result.summary['train_seconds']:.1f} s "
+        f"({result.summary['images_per_second']:.0f} images/s); run folder: {result.run_dir}"
+    )
+    console.print(f"curves: {write_run_curves(result.run_dir)}")
+
+
+def compare(
+    config: Annotated[
+        Path, typer.Argument(help="The experiment config (YAML); its `grid` lists what to compare.")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for the runs and the leaderboard.")],
+    grid: Annotated[list[str] | None, typer.Option(help="Another axis: KEY=V1,V2,... (repeatable).")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per combination: train.seed, train.seed + 1, ...")] = 1,
+    set_: SetOption = None,
+) -> None:
+    """Train every combination over several seeds and write leaderboard.csv and leaderboard.md."""
+    try:
+        _, raw = load_config(config, set_ or [])
+        axes = [parse_grid_option(option) for option in grid or []]
+    except ConfigError as error:
+        raise fail(str(error)) from None
+    _run_comparison(raw, out, axes, seeds)
+
+
+def _run_comparison(raw: dict, out: Path, axes: list, seeds: int) -> None:
+    from embedlab.pipelines.compare import compare as run_compare
+    from embedlab.reporting.leaderboard import leaderboard_table
+    from embedlab.reporting.report import build_report
+
+    def announce(label: str, seed: int, run_dir: Path) -> None:
+        console.rule(f"{label} · seed {seed}")
+
+    try:
+        comparison = run_compare(raw, out, grid=axes, seeds=seeds, on_run=announce)
+    except (ConfigError, ValueError, TypeError, FileNotFoundError) as error:
+        raise fail(str(error)) from None
+    console.print(leaderboard_table(comparison.rows, comparison.metrics))
+    console.print(f"leaderboard: {comparison.markdown_path} and {comparison.csv_path}")
+    console.print(f"report: {build_report(out)}")
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the runs and the leaderboard.")] = Path("demo-output"),
+    seeds: Annotated[int, typer.Option(help="Seeds per loss.")] = 1,
+) -> None:
+    """The founding comparison: one model, five metric losses (the last the recipe's), on Fashion-MNIST."""
+    raw = read_yaml(packaged_config(DEMO_CONFIG))
+    _run_comparison(raw, out, [], seeds)
