@@ -28,6 +28,12 @@ def write_image_folder(root: Path, classes: int = 4, per_class: int = 5, size: i
     return root
 
 
+@pytest.fixture(scope="session")
+def make_image_folder() -> Callable[..., Path]:
+    """write_image_folder, for fixtures of a wider scope than image_folder's."""
+    return write_image_folder
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "images")

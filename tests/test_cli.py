@@ -163,3 +163,16 @@ def test_evaluate_step_options_are_checked(tmp_path: Path, options: list[str], m
     result = CliRunner().invoke(app, ["evaluate", *files, *options], env={"COLUMNS": "300"})
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_a_weights_file_that_runs_code_exits_2_in_one_sentence(tmp_path: Path, digits_config: Path) -> None:
+    import pickle
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps(os.system))  # a global weights_only=True refuses to look up
+    result = run(
+        "train", str(digits_config), "--out", str(tmp_path / "x"), "--set", f"model.weights_path={evil}"
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "evil.pth cannot be loaded safely" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

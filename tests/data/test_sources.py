@@ -39,3 +39,20 @@ def test_csv_bad_split_value_names_the_row(tmp_path) -> None:
     path.write_text("path,label,split\na.png,1,train\nb.png,2,holdout\n")
     with pytest.raises(ValueError, match="row 3: split must be one of"):
         read_csv(path, 8, 3)
+
+
+def test_csv_empty_labels_are_refused_with_their_rows(tmp_path) -> None:
+    path = tmp_path / "labels.csv"
+    rows = ["a.png,whale_1", "b.png,", "c.png,  ", "d.png,whale_2", "e.png"]
+    path.write_text("path,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"labels.csv: the 'label' column is empty in row\(s\) 3, 4, 6"):
+        read_csv(path, 8, 3)
+
+
+def test_csv_empty_paths_are_refused_and_long_lists_are_cut(tmp_path) -> None:
+    path = tmp_path / "paths.csv"
+    path.write_text("path,label\n" + "".join(f",id_{n}\n" for n in range(40)))
+    with pytest.raises(
+        ValueError, match=r"'path' column is empty in row\(s\) 2, 3, .*, 11, \.\.\. \(40 rows\)"
+    ):
+        read_csv(path, 8, 3)

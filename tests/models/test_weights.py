@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from embedlab.models.backbones import create_backbone
-from embedlab.models.weights import load_local_weights
+from embedlab.models.weights import load_local_weights, load_torch_file, read_state_dict
 
 
 def _same(a: nn.Module, b: nn.Module) -> bool:
@@ -46,3 +46,29 @@ def test_backbone_factory_takes_a_local_file(tmp_path) -> None:
     torch.save(source.model.state_dict(), path)
     loaded = create_backbone("small_cnn", in_chans=1, weights_path=path)
     assert _same(source.model, loaded.model)
+
+
+class RunsCode:
+    """A pickle that would call a function when loaded: what weights_only=True must refuse."""
+
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def test_a_pickle_that_runs_code_is_a_clear_error_naming_the_file(tmp_path, capsys) -> None:
+    import pickle
+
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"weight": RunsCode()}))
+    with pytest.raises(ValueError, match=r"weights file .*evil.pth cannot be loaded safely"):
+        read_state_dict(path)
+    assert "this ran while loading" not in capsys.readouterr().out
+
+
+def test_a_torn_checkpoint_is_a_clear_error_naming_the_file(tmp_path) -> None:
+    path = tmp_path / "torn.ckpt"
+    whole = tmp_path / "whole.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(64, 64)}}, whole)
+    path.write_bytes(whole.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"checkpoint .*torn.ckpt cannot be loaded safely"):
+        load_torch_file(path)

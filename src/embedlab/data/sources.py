@@ -78,6 +78,22 @@ def _flag(value: str, path: Path, row: int, column: str) -> bool:
     raise ValueError(f"{path}, row {row}: column {column!r} must be true/false or 1/0, got {value!r}")
 
 
+def row_numbers(numbers: list[int], shown: int = 10) -> str:
+    """'2, 5, 9' or '2, 5, 9, ... (40 rows)' for an error message."""
+    listed = ", ".join(str(n) for n in numbers[:shown])
+    return listed if len(numbers) <= shown else f"{listed}, ... ({len(numbers)} rows)"
+
+
+def _refuse_empty(path: Path, rows: list[dict[str, str]], column: str) -> None:
+    # csv.DictReader gives None for the cells of a short row.
+    empty = [n for n, r in enumerate(rows, start=2) if not (r.get(column) or "").strip()]
+    if empty:
+        raise ValueError(
+            f"CSV file {path}: the {column!r} column is empty in row(s) {row_numbers(empty)} "
+            "(rows counted from the header, 1); fill them in or remove those rows"
+        )
+
+
 def read_csv(path: Path, image_size: int, channels: int, root: Path | None = None) -> FileSource:
     if not path.is_file():
         raise FileNotFoundError(f"CSV file {path} does not exist")
@@ -92,6 +108,8 @@ def read_csv(path: Path, image_size: int, channels: int, root: Path | None = Non
         rows = list(reader)
     if not rows:
         raise ValueError(f"CSV file {path} has no rows")
+    _refuse_empty(path, rows, "label")
+    _refuse_empty(path, rows, "path")
     base = root or path.parent
     paths = [Path(r["path"]) if Path(r["path"]).is_absolute() else base / r["path"] for r in rows]
     labels, class_names = _encode([r["label"] for r in rows])

@@ -9,11 +9,26 @@ that lists it.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+
+def load_torch_file(path: Path, what: str = "checkpoint") -> Any:
+    """torch.load with weights_only=True; a file it refuses (a pickle that would run code, a torn or
+    foreign file) is a ValueError naming it, not a traceback from deep inside torch."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{what} {path} cannot be loaded safely (weights_only=True): {reason}. embedlab loads only "
+            "tensors and plain containers; re-save it as a state dict (torch.save(model.state_dict()))"
+        ) from None
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -24,7 +39,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    loaded = load_torch_file(path, "weights file")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(loaded, Mapping) and key in loaded and isinstance(loaded[key], Mapping):
             loaded = loaded[key]

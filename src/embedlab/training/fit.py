@@ -24,6 +24,7 @@ from embedlab.config import ExperimentConfig
 from embedlab.data.loaders import train_batches
 from embedlab.data.splits import prepare_data
 from embedlab.models.embedder import build_embedder
+from embedlab.models.weights import load_torch_file
 from embedlab.training.averaging import ExponentialMovingAverage
 from embedlab.training.callbacks import RetrievalValidation, read_history, truncate_history
 from embedlab.training.checkpoint_io import AtomicCheckpointIO
@@ -85,7 +86,7 @@ def _last_good_checkpoint(out_dir: Path) -> str:
     last = out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     if not last.is_file():
         return "No checkpoint had been written yet; fix the cause (a lower optimizer.lr, say) and start again"
-    epoch = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
+    epoch = int(load_torch_file(last)["epoch"])
     return (
         f"{last} (after epoch {epoch}) is the last good checkpoint and was kept; fix the cause (a lower "
         "optimizer.lr, say) and continue with --resume"
@@ -131,6 +132,7 @@ def fit(
         torch.set_num_threads(cfg.train.threads)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
+    resumed_epoch = None if resume_from is None else int(load_torch_file(resume_from)["epoch"])
     data = prepare_data(cfg.data)
     embedder = build_embedder(cfg.model, data.channels, data.image_size)
     if cfg.train.channels_last:
@@ -157,9 +159,8 @@ def fit(
                 "embedding_dim": cfg.model.embedding_dim,
             },
         )
-        if resume_from is not None:
-            checkpoint = torch.load(resume_from, map_location="cpu", weights_only=True)
-            truncate_history(history, int(checkpoint["epoch"]) + 1)
+        if resumed_epoch is not None:
+            truncate_history(history, resumed_epoch + 1)
 
     loader = train_batches(
         data.train,
@@ -170,6 +171,11 @@ def fit(
         rank=layout.rank,
         world_size=layout.world_size,
     )
+    if resumed_epoch is not None:
+        # On a resume Lightning iterates the loader before it calls set_epoch, and a loader with workers
+        # draws its first batches at once: without this, the resumed epoch would replay epoch 0's
+        # batches. last.ckpt is written at the end of an epoch, so the run goes on with the next one.
+        loader.sampler.set_epoch(resumed_epoch + 1)
     averaging = None if cfg.train.ema_decay is None else ExponentialMovingAverage(cfg.train.ema_decay)
     validation = RetrievalValidation(
         data.query,

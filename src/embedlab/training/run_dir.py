@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from embedlab.atomic import atomic_write_text
 from embedlab.config import ExperimentConfig, load_config
 from embedlab.models.embedder import Embedder, build_embedder
+from embedlab.models.weights import load_torch_file
 
 CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "split.json"
@@ -70,7 +69,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     path = checkpoint_path(run_dir, which)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; the run has not finished an epoch")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_torch_file(path)
     state = {
         k.removeprefix("embedder."): v
         for k, v in checkpoint["state_dict"].items()
