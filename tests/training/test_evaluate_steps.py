@@ -114,12 +114,6 @@ def test_an_ensemble_member_of_another_split_is_refused(runs: list[Path], tmp_pa
         evaluate_run_steps(runs[0], METRICS, ensemble=[EnsembleMember(other)])
 
 
-def test_ensemble_member_parsing() -> None:
-    assert EnsembleMember.parse("runs/a:0.8") == EnsembleMember(Path("runs/a"), 0.8)
-    assert EnsembleMember.parse("runs/a") == EnsembleMember(Path("runs/a"), 1.0)
-    assert EnsembleMember.parse("runs/a:b") == EnsembleMember(Path("runs/a:b"), 1.0)
-
-
 def test_problem_of_csv_roles_hides_each_query_from_itself() -> None:
     x = np.eye(4, dtype=np.float32)
     problem = RetrievalProblem.build(

@@ -149,9 +149,8 @@ class PostprocessingRecord(_Record):
     @field_validator("steps")
     @classmethod
     def _steps_build(cls, steps: list[StepConfig]) -> list[StepConfig]:
-        for config in steps:
-            build_step(config)
-        return steps
+        # Built to be checked by each step's own validator, and kept in the form the step gives back.
+        return [build_step(config).config() for config in steps]
 
     def step(self, name: str) -> StepConfig | None:
         """The config of the step called `name`, None when the index has none."""
