@@ -3,10 +3,10 @@ expansion and k-reciprocal re-ranking (the steps of `embedlab.retrieval.postproc
 `apply_step`), each row adding one step to the previous ones, so that the user sees what each step added
 (and what it cost).
 
-Every step works on a `RetrievalProblem`: the query and gallery embeddings with their labels, groups
-and, when queries are gallery items themselves, each query's own gallery index (a set searched in
-itself is its own gallery with `exclude_index = arange(N)`). The steps keep that bookkeeping, so an
-item never uses what is hidden from it, nor itself.
+Every step works on the `sides()` of a `RetrievalProblem`: the query and gallery embeddings with
+their groups and, when queries are gallery items themselves, each query's own gallery index (a set
+searched in itself is its own gallery with `exclude_index = arange(N)`). The steps keep that
+bookkeeping, so an item never uses what is hidden from it, nor itself.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from embedlab.data.splits import prepare_data
 from embedlab.embeddings.encoder import EmbeddingPipeline, EnsembleMember
 from embedlab.evaluation import RetrievalResult
 from embedlab.evaluation.steps import RetrievalProblem, StepResult, postprocessing_rows, score_step
-from embedlab.models.inference import embed
 from embedlab.models.tta import TestTimeAugmentation
 from embedlab.retrieval.postprocessing import StepConfig
 from embedlab.training.run_dir import SPLIT_FILE, load_run, read_json
@@ -71,9 +70,10 @@ def evaluate_run(
     cfg = run.config
     data = prepare_data(cfg.data)
     batch, workers = cfg.train.eval_batch_size, cfg.data.num_workers
-    query = embed(run.embedder, data.query, batch, workers, progress=True)
+    pipeline = EmbeddingPipeline([run.embedder], [1.0])
+    query = pipeline.embed_images(data.query, batch, workers, progress=True)
     gallery = (
-        None if data.gallery is None else embed(run.embedder, data.gallery, batch, workers, progress=True)
+        None if data.gallery is None else pipeline.embed_images(data.gallery, batch, workers, progress=True)
     )
     return score_validation(query, gallery, data.query, data.gallery, metrics or cfg.train.metrics)
 
