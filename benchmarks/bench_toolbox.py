@@ -32,11 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from embedlab.config import load_config
+from embedlab.embeddings.encoder import EnsembleMember
 from embedlab.evaluation import evaluate_retrieval
-from embedlab.evaluation.steps import Expansion, Postprocessing, StepResult
+from embedlab.evaluation.steps import StepResult
 from embedlab.models.tta import TestTimeAugmentation
+from embedlab.retrieval.postprocessing import steps_from_options
 from embedlab.retrieval.reranking import KReciprocalParameters, KReciprocalReranker
-from embedlab.training.evaluate import EnsembleMember, evaluate_run_steps
+from embedlab.training.evaluate import evaluate_run_steps
 from embedlab.training.fit import fit
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist_losses.yaml"
@@ -94,21 +96,18 @@ def open_set(out: Path, epochs: int, only: str | None) -> None:
         ("each step alone: multi-scale", "--tta scales:1,1.25", {"tta": scales}),
         ("each step alone: ensemble", ensemble_cli, {"ensemble": ensemble}),
         ("each step alone: whitening on train", "--whiten 64 --whiten-on train",
-         {"steps": Postprocessing(whiten_dim=64, whiten_on="train")}),
-        ("each step alone: whitening on gallery", "--whiten 64", {"steps": Postprocessing(whiten_dim=64)}),
-        ("each step alone: DBA", "--dba 5,3", {"steps": Postprocessing(dba=Expansion(5, 3.0))}),
-        ("each step alone: QE k=2", "--qe 2,3", {"steps": Postprocessing(qe=Expansion(2, 3.0))}),
-        ("each step alone: QE k=10", "--qe 10,3", {"steps": Postprocessing(qe=Expansion(10, 3.0))}),
+         {"steps": steps_from_options(whiten=64, whiten_on="train")}),
+        ("each step alone: whitening on gallery", "--whiten 64", {"steps": steps_from_options(whiten=64)}),
+        ("each step alone: DBA", "--dba 5,3", {"steps": steps_from_options(dba="5,3")}),
+        ("each step alone: QE k=2", "--qe 2,3", {"steps": steps_from_options(qe="2,3")}),
+        ("each step alone: QE k=10", "--qe 10,3", {"steps": steps_from_options(qe="10,3")}),
         ("each step alone: re-ranking", "--rerank 20,6,0.3",
-         {"steps": Postprocessing(rerank=KReciprocalParameters(20, 6, 0.3))}),
+         {"steps": steps_from_options(rerank="20,6,0.3")}),
         ("all together", f"{ensemble_cli} --tta flip --dba 5,3 --qe 10,3 --rerank 20,6,0.3",
          {"ensemble": ensemble, "tta": flip,
-          "steps": Postprocessing(dba=Expansion(5, 3.0), qe=Expansion(10, 3.0),
-                                  rerank=KReciprocalParameters(20, 6, 0.3))}),
+          "steps": steps_from_options(dba="5,3", qe="10,3", rerank="20,6,0.3")}),
     ]  # fmt: skip
-    best = Postprocessing(
-        dba=Expansion(5, 3.0), qe=Expansion(10, 3.0), rerank=KReciprocalParameters(20, 6, 0.3)
-    )
+    best = steps_from_options(dba="5,3", qe="10,3", rerank="20,6,0.3")
     cases.append(
         (
             "best combination: the steps that raised map_at_r alone",

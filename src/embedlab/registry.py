@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -47,12 +48,10 @@ def accepted_arguments(factory: Callable[..., Any]) -> tuple[set[str], bool]:
 
 
 def torch_module_class() -> type | None:
-    """torch.nn.Module when torch is importable: the end of every loss's __init__ chain."""
-    try:
-        from torch import nn
-    except ImportError:
-        return None
-    return nn.Module
+    """torch.nn.Module when torch is loaded: the end of every loss's __init__ chain. Never imports torch
+    (a class deriving from it implies it is loaded), so torch-free registries stay torch-free."""
+    nn = sys.modules.get("torch.nn")
+    return None if nn is None else nn.Module
 
 
 def check_arguments(factory: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> None:

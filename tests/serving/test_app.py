@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from embedlab.embeddings.encoder import EmbeddingPipeline
 from embedlab.serving.index import load_index
-from embedlab.serving.pipeline import EmbeddingPipeline
 from embedlab.serving.searcher import Searcher
 from embedlab.training.run_dir import load_run
 

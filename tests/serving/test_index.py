@@ -265,3 +265,41 @@ def test_a_missing_index_says_how_to_build_one(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="embedlab index build"):
         load_index(tmp_path / "nothing")
     assert not os.path.exists(tmp_path / "nothing")
+
+
+def test_an_old_manifest_postprocessing_record_is_read_as_the_steps_list(tmp_path: Path) -> None:
+    built = make_index(10)
+    write_index(built, tmp_path / "index")
+    path = tmp_path / "index" / "manifest.json"
+    payload = json.loads(path.read_text())
+    payload["postprocessing"] = {
+        "l2_normalize": True,
+        "similarity": "cosine",
+        "tta_flip": True,
+        "tta_scales": [1.0, 1.25],
+        "whitening_dim": None,
+        "dba": {"k": 3, "alpha": 1.0},
+        "qe": {"k": 2, "alpha": 3.0},
+    }
+    path.write_text(json.dumps(payload))
+    record = load_index(tmp_path / "index").manifest.postprocessing
+    assert (record.tta_flip, record.tta_scales) == (True, [1.0, 1.25])
+    assert [step.model_dump() for step in record.steps] == [
+        {"name": "dba", "args": {"k": 3, "alpha": 1.0}},
+        {"name": "qe", "args": {"k": 2, "alpha": 3.0}},
+    ]
+    assert record.whitening_dim is None and "whitening_dim" not in record.model_dump()
+
+
+def test_manifest_steps_are_checked_by_the_steps_themselves(tmp_path: Path) -> None:
+    write_index(make_index(5), tmp_path / "index")
+    path = tmp_path / "index" / "manifest.json"
+    payload = json.loads(path.read_text())
+    payload["postprocessing"]["steps"] = [{"name": "qe", "args": {"k": 0, "alpha": 3.0}}]
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="k must be a whole number >= 1"):
+        load_index(tmp_path / "index")
+    payload["postprocessing"] = {"qe": {"k": 0, "alpha": 3.0}}
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="k must be a whole number >= 1"):
+        load_index(tmp_path / "index")

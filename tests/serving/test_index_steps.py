@@ -3,17 +3,19 @@ and the searches equal what the pieces compute by hand."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from embedlab.data.sources import read_folder
-from embedlab.evaluation.steps import Expansion
+from embedlab.embeddings.encoder import EnsembleMember
 from embedlab.models.inference import embed
 from embedlab.models.tta import TestTimeAugmentation
 from embedlab.retrieval.ensemble import concatenate_embeddings
 from embedlab.retrieval.expansion import database_augmentation, weighted_neighbour_sum
+from embedlab.retrieval.postprocessing import StepConfig
 from embedlab.retrieval.whitening import PCAWhitening
 from embedlab.serving.build import IndexSteps, add_to_gallery_index, build_gallery_index
 from embedlab.serving.calibrate import calibrate_index
@@ -40,14 +42,25 @@ def gallery_vectors(deployment, runs: list[Path], weights: list[float], tta: Tes
 
 def test_ensemble_tta_whitening_and_query_expansion(deployment, second_run, tmp_path) -> None:
     flip = TestTimeAugmentation(flip=True)
-    steps = IndexSteps(ensemble=[(second_run, 0.5)], tta=flip, whiten_dim=8, qe=Expansion(2, 3.0))
+    steps = IndexSteps(
+        ensemble=[EnsembleMember(second_run, 0.5)],
+        tta=flip,
+        postprocessing=[
+            StepConfig(name="whiten", args={"dim": 8}),
+            StepConfig(name="qe", args={"k": 2, "alpha": 3}),
+        ],
+    )
     built = build_gallery_index(
         deployment.run_dir, [deployment.gallery], tmp_path / "index", steps=steps, progress=False
     )
     manifest = built.manifest
     assert [record.weight for record in manifest.models] == [1.0, 0.5]
     assert manifest.ensemble[0].embedding_dim == 12 and manifest.vector_dim == 8
-    assert manifest.postprocessing.tta_flip and manifest.postprocessing.qe is not None
+    assert manifest.postprocessing.tta_flip
+    assert [step.model_dump() for step in manifest.postprocessing.steps] == [
+        {"name": "whiten", "args": {"dim": 8, "fit_on": "gallery"}},
+        {"name": "qe", "args": {"k": 2, "alpha": 3.0}},
+    ]
     assert (tmp_path / "index" / WHITENING_FILE).is_file()
 
     combined, images = gallery_vectors(deployment, [deployment.run_dir, second_run], [1.0, 0.5], flip)
@@ -75,6 +88,23 @@ def test_ensemble_tta_whitening_and_query_expansion(deployment, second_run, tmp_
     assert [hit.id for hit in hits] == expected_ids.tolist()
     assert hits[0].score == pytest.approx(float((expanded @ stored.T)[0, expected_ids[0]]), abs=1e-5)
 
+    # An index written before the steps list (whitening_dim, qe) loads and searches the same.
+    path = tmp_path / "index" / "manifest.json"
+    payload = json.loads(path.read_text())
+    payload["postprocessing"] = {
+        "l2_normalize": True,
+        "similarity": "cosine",
+        "tta_flip": True,
+        "tta_scales": [1.0],
+        "whitening_dim": 8,
+        "dba": None,
+        "qe": {"k": 2, "alpha": 3.0},
+    }
+    path.write_text(json.dumps(payload))
+    assert load_index(tmp_path / "index").manifest == loaded.manifest
+    old = open_searcher(tmp_path / "index").search_files([query], 5)[0].hits
+    assert [(hit.id, hit.score) for hit in old] == [(hit.id, hit.score) for hit in hits]
+
 
 def _tensor_images(pixels: np.ndarray):
     import torch
@@ -90,7 +120,7 @@ def test_dba_index_stores_augmented_vectors_and_refuses_to_grow(deployment, tmp_
         deployment.run_dir,
         [deployment.gallery],
         index_dir,
-        steps=IndexSteps(dba=Expansion(2, 1.0)),
+        steps=IndexSteps(postprocessing=[StepConfig(name="dba", args={"k": 2, "alpha": 1.0})]),
         progress=False,
     )
     plain = np.asarray(deployment.built.embeddings)
@@ -123,3 +153,10 @@ def test_index_build_command_takes_the_steps(deployment, second_run, tmp_path) -
               str(tmp_path / "x"), "--dba", "two"], env={"COLUMNS": "300"},
     )  # fmt: skip
     assert bad.exit_code == 2 and "--dba takes 2 comma-separated numbers" in bad.output
+
+
+def test_an_index_holds_only_steps_it_can_apply() -> None:
+    with pytest.raises(ValueError, match="not 'rerank'"):
+        IndexSteps(postprocessing=[StepConfig(name="rerank")])
+    with pytest.raises(ValueError, match="learns its whitening on its gallery"):
+        IndexSteps(postprocessing=[StepConfig(name="whiten", args={"dim": 4, "fit_on": "train"})])

@@ -9,14 +9,16 @@ import pytest
 
 from embedlab.config import load_config
 from embedlab.data.splits import prepare_data
+from embedlab.embeddings.encoder import EnsembleMember
 from embedlab.evaluation import evaluate_retrieval
-from embedlab.evaluation.steps import Expansion, Postprocessing, RetrievalProblem
+from embedlab.evaluation.steps import RetrievalProblem
 from embedlab.models.inference import embed
 from embedlab.models.tta import TestTimeAugmentation
 from embedlab.retrieval.ensemble import concatenate_embeddings
 from embedlab.retrieval.expansion import query_expansion
+from embedlab.retrieval.postprocessing import StepConfig
 from embedlab.retrieval.reranking import KReciprocalParameters, KReciprocalReranker
-from embedlab.training.evaluate import EnsembleMember, evaluate_run, evaluate_run_steps
+from embedlab.training.evaluate import evaluate_run, evaluate_run_steps
 from embedlab.training.fit import fit
 from embedlab.training.run_dir import load_run
 
@@ -45,7 +47,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def test_rows_follow_the_requested_steps_and_each_matches_its_pieces(runs: list[Path]) -> None:
     tta = TestTimeAugmentation(flip=True)
-    steps = Postprocessing(qe=Expansion(2, 3.0), rerank=KReciprocalParameters(5, 2, 0.3))
+    steps = [
+        StepConfig(name="qe", args={"k": 2, "alpha": 3.0}),
+        StepConfig(name="rerank", args={"k1": 5, "k2": 2, "lambda_value": 0.3}),
+    ]
     rows = evaluate_run_steps(runs[0], METRICS, ensemble=[EnsembleMember(runs[1], 0.5)], tta=tta, steps=steps)
     assert [row.step for row in rows] == [
         "model",
@@ -90,7 +95,10 @@ def test_rows_follow_the_requested_steps_and_each_matches_its_pieces(runs: list[
 
 
 def test_whitening_on_train_and_dba_rows(runs: list[Path]) -> None:
-    steps = Postprocessing(whiten_dim=8, whiten_on="train", dba=Expansion(1, 1.0))
+    steps = [
+        StepConfig(name="whiten", args={"dim": 8, "fit_on": "train"}),
+        StepConfig(name="dba", args={"k": 1, "alpha": 1.0}),
+    ]
     rows = evaluate_run_steps(runs[0], METRICS, steps=steps)
     assert [row.step for row in rows] == ["model", "whiten 8 on train", "dba k=1 alpha=1"]
     assert rows[1].result.n_queries == rows[0].result.n_queries
@@ -104,12 +112,6 @@ def test_an_ensemble_member_of_another_split_is_refused(runs: list[Path], tmp_pa
     (other / "split.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match=r"another split .*split.json differs in validation_classes"):
         evaluate_run_steps(runs[0], METRICS, ensemble=[EnsembleMember(other)])
-
-
-def test_ensemble_member_parsing() -> None:
-    assert EnsembleMember.parse("runs/a:0.8") == EnsembleMember(Path("runs/a"), 0.8)
-    assert EnsembleMember.parse("runs/a") == EnsembleMember(Path("runs/a"), 1.0)
-    assert EnsembleMember.parse("runs/a:b") == EnsembleMember(Path("runs/a:b"), 1.0)
 
 
 def test_problem_of_csv_roles_hides_each_query_from_itself() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,7 +13,8 @@ from embedlab.cli.tables import print_metrics
 
 if TYPE_CHECKING:
     from embedlab.evaluation import RetrievalResult
-    from embedlab.evaluation.steps import Postprocessing, StepResult
+    from embedlab.evaluation.steps import StepResult
+    from embedlab.retrieval.postprocessing import StepConfig
 
 
 def evaluate(
@@ -56,7 +57,7 @@ def evaluate(
     """
     from embedlab.evaluation import evaluate_embedding_files, evaluate_shards
     from embedlab.evaluation.shards import SHARD_METRICS
-    from embedlab.evaluation.steps import Postprocessing, parse_expansion, parse_rerank
+    from embedlab.retrieval.postprocessing import steps_from_options
     from embedlab.training.evaluate import evaluate_run
 
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
@@ -75,16 +76,8 @@ def evaluate(
             raise ValueError("give either RUN_DIR or --query-embeddings, not both")
         if run_dir is None and (query_embeddings is None or query_labels is None):
             raise ValueError("give RUN_DIR, or --query-embeddings with --query-labels")
-        if whiten_on not in ("gallery", "train"):
-            raise ValueError(f"--whiten-on must be gallery or train, got {whiten_on!r}")
-        steps = Postprocessing(
-            whiten_dim=whiten,
-            whiten_on=cast("Literal['gallery', 'train']", whiten_on),
-            dba=None if dba is None else parse_expansion("--dba", dba),
-            qe=None if qe is None else parse_expansion("--qe", qe),
-            rerank=None if rerank is None else parse_rerank(rerank),
-        )
-        if ensemble or tta or steps.requested:
+        steps = steps_from_options(whiten=whiten, whiten_on=whiten_on, dba=dba, qe=qe, rerank=rerank)
+        if ensemble or tta or steps:
             rows = _evaluate_steps(
                 run_dir,
                 (query_embeddings, query_labels, gallery_embeddings, gallery_labels, groups),
@@ -102,7 +95,7 @@ def evaluate(
             )
     except (ValueError, TypeError, FileNotFoundError) as error:
         raise fail(str(error)) from None
-    if ensemble or tta or steps.requested:
+    if ensemble or tta or steps:
         if as_json:
             typer.echo(json.dumps([row.to_dict() for row in rows]))
         else:
@@ -128,12 +121,13 @@ def _evaluate_steps(
     metric_names: list[str] | None,
     ensemble: list[str],
     tta: list[str],
-    steps: Postprocessing,
+    steps: list[StepConfig],
 ) -> list[StepResult]:
+    from embedlab.embeddings.encoder import EnsembleMember
     from embedlab.evaluation import DEFAULT_METRICS, load_embedding_files
     from embedlab.evaluation.steps import RetrievalProblem, postprocessing_rows, score_step
     from embedlab.models.tta import TestTimeAugmentation
-    from embedlab.training.evaluate import EnsembleMember, evaluate_run_steps
+    from embedlab.training.evaluate import evaluate_run_steps
 
     if run_dir is not None:
         return evaluate_run_steps(

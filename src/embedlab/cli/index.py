@@ -66,11 +66,11 @@ def index_build(
 ) -> None:
     """Embed a gallery with a trained run, or read the shards of `embedlab embed`, and write a
     searchable index (atomically)."""
-    from embedlab.evaluation.steps import parse_expansion
+    from embedlab.embeddings.encoder import EnsembleMember
     from embedlab.models.tta import TestTimeAugmentation
+    from embedlab.retrieval.postprocessing import steps_from_options
     from embedlab.serving.build import IndexSteps, build_gallery_index
     from embedlab.serving.large import FaissSettings, build_index_from_shards
-    from embedlab.training.evaluate import EnsembleMember
 
     settings = FaissSettings(
         nlist=nlist, nprobe=nprobe, pq_m=pq_m, train_size=train_size, shards=index_shards
@@ -91,13 +91,10 @@ def index_build(
     if run_dir is None or not gallery:
         raise fail("give RUN_DIR and --gallery, or --embeddings")
     try:
-        members = [EnsembleMember.parse(member) for member in ensemble or []]
         steps = IndexSteps(
-            ensemble=[(member.run_dir, member.weight) for member in members],
+            ensemble=[EnsembleMember.parse(member) for member in ensemble or []],
             tta=TestTimeAugmentation.parse(tta) if tta else None,
-            whiten_dim=whiten,
-            dba=None if dba is None else parse_expansion("--dba", dba),
-            qe=None if qe is None else parse_expansion("--qe", qe),
+            postprocessing=steps_from_options(whiten=whiten, dba=dba, qe=qe),
         )
         index = build_gallery_index(
             run_dir,

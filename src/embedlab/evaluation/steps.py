@@ -1,11 +1,12 @@
 """Post-processing steps scored one after another: PCA whitening, database-side augmentation, query
-expansion and k-reciprocal re-ranking, each row adding one step to the previous ones, so that the user
-sees what each step added (and what it cost).
+expansion and k-reciprocal re-ranking (the steps of `embedlab.retrieval.postprocessing`, applied by its
+`apply_step`), each row adding one step to the previous ones, so that the user sees what each step added
+(and what it cost).
 
-Every step works on a `RetrievalProblem`: the query and gallery embeddings with their labels, groups
-and, when queries are gallery items themselves, each query's own gallery index (a set searched in
-itself is its own gallery with `exclude_index = arange(N)`). The steps keep that bookkeeping, so an
-item never uses what is hidden from it, nor itself.
+Every step works on the `sides()` of a `RetrievalProblem`: the query and gallery embeddings with
+their groups and, when queries are gallery items themselves, each query's own gallery index (a set
+searched in itself is its own gallery with `exclude_index = arange(N)`). The steps keep that
+bookkeeping, so an item never uses what is hidden from it, nor itself.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -21,67 +22,7 @@ from embedlab.evaluation.engine import evaluate_retrieval
 from embedlab.evaluation.files import EmbeddingFiles
 from embedlab.evaluation.results import RetrievalResult
 from embedlab.retrieval.arrays import as_embedding_matrix
-from embedlab.retrieval.expansion import database_augmentation, query_expansion
-from embedlab.retrieval.reranking import KReciprocalParameters, KReciprocalReranker
-from embedlab.retrieval.whitening import PCAWhitening
-
-WhiteningSource = Literal["gallery", "train"]
-
-
-@dataclass(frozen=True)
-class Expansion:
-    """k neighbours weighted by similarity^alpha (query expansion or database-side augmentation)."""
-
-    k: int
-    alpha: float
-
-    def __post_init__(self) -> None:
-        if self.k < 1 or self.alpha < 0:
-            raise ValueError(f"expansion needs k >= 1 and alpha >= 0, got k={self.k}, alpha={self.alpha}.")
-
-    def label(self) -> str:
-        return f"k={self.k} alpha={self.alpha:g}"
-
-
-@dataclass(frozen=True)
-class Postprocessing:
-    """The requested steps, applied in this order: whiten, dba, qe, rerank (None: skipped)."""
-
-    whiten_dim: int | None = None
-    whiten_on: WhiteningSource = "gallery"
-    dba: Expansion | None = None
-    qe: Expansion | None = None
-    rerank: KReciprocalParameters | None = None
-
-    @property
-    def requested(self) -> bool:
-        return any(step is not None for step in (self.whiten_dim, self.dba, self.qe, self.rerank))
-
-
-def parse_numbers(option: str, text: str, count: int) -> list[float]:
-    """ "20,6,0.3" -> [20.0, 6.0, 0.3] for a command-line option taking `count` comma-separated numbers."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        numbers = [float(p) for p in parts]
-    except ValueError:
-        numbers = []
-    if len(numbers) != count:
-        raise ValueError(f"{option} takes {count} comma-separated numbers, got {text!r}.")
-    return numbers
-
-
-def parse_expansion(option: str, text: str) -> Expansion:
-    k, alpha = parse_numbers(option, text, 2)
-    if k != int(k):
-        raise ValueError(f"{option}: K must be a whole number, got {text!r}.")
-    return Expansion(int(k), alpha)
-
-
-def parse_rerank(text: str) -> KReciprocalParameters:
-    k1, k2, lambda_value = parse_numbers("--rerank", text, 3)
-    if k1 != int(k1) or k2 != int(k2):
-        raise ValueError(f"--rerank: K1 and K2 must be whole numbers, got {text!r}.")
-    return KReciprocalParameters(int(k1), int(k2), lambda_value)
+from embedlab.retrieval.postprocessing import Sides, StepConfig, apply_step, build_steps
 
 
 @dataclass(frozen=True)
@@ -152,6 +93,10 @@ class RetrievalProblem:
             gallery_groups=None if qgroups is None else qgroups[grows],
         )
 
+    def sides(self) -> Sides:
+        """What the post-processing steps see of this problem (its vectors and exclusions)."""
+        return Sides(self.queries, self.gallery, self.exclude_index, self.query_groups, self.gallery_groups)
+
     def exclusions(self) -> dict[str, Any]:
         """The keyword arguments that hide from each query what evaluation hides from it."""
         return {
@@ -212,65 +157,22 @@ def score_step(
     return StepResult(step, result, step_seconds, time.perf_counter() - began)
 
 
-def _timed(work: Callable[[], Any]) -> tuple[Any, float]:
-    began = time.perf_counter()
-    value = work()
-    return value, time.perf_counter() - began
-
-
 def postprocessing_rows(
     problem: RetrievalProblem,
-    steps: Postprocessing,
+    steps: Sequence[StepConfig],
     metrics: Sequence[str],
     *,
     train_embeddings: Callable[[], np.ndarray] | None = None,
 ) -> list[StepResult]:
-    """A row per requested step, each applied on top of the previous ones (not the baseline row).
+    """A row per step config, in order, each applied on top of the previous ones (not the baseline row).
 
     train_embeddings: computes the training embeddings when whitening is learned on them.
     """
     rows: list[StepResult] = []
-    if steps.whiten_dim is not None:
-        if steps.whiten_on == "train":
-            if train_embeddings is None:
-                raise ValueError(
-                    "whitening on training embeddings needs a run folder; use --whiten-on gallery."
-                )
-            source, embed_seconds = _timed(train_embeddings)
-        else:
-            source, embed_seconds = problem.gallery, 0.0
-        dim = steps.whiten_dim
-
-        def whiten() -> RetrievalProblem:
-            whitening = PCAWhitening.fit(source, dim)
-            queries = whitening.transform(problem.queries)
-            in_itself = problem.gallery is problem.queries
-            gallery = queries if in_itself else whitening.transform(problem.gallery)
-            return replace(problem, queries=queries, gallery=gallery)
-
-        problem, seconds = _timed(whiten)
-        rows.append(
-            score_step(f"whiten {dim} on {steps.whiten_on}", problem, metrics, seconds + embed_seconds)
-        )
-    if steps.dba is not None:
-        dba = steps.dba
-        augmented, seconds = _timed(
-            lambda: database_augmentation(problem.gallery, dba.k, dba.alpha, groups=problem.gallery_groups)
-        )
-        problem = replace(problem, gallery=augmented)
-        rows.append(score_step(f"dba {dba.label()}", problem, metrics, seconds))
-    if steps.qe is not None:
-        qe = steps.qe
-        expanded, seconds = _timed(
-            lambda: query_expansion(problem.queries, problem.gallery, qe.k, qe.alpha, **problem.exclusions())
-        )
-        problem = replace(problem, queries=expanded)
-        rows.append(score_step(f"qe {qe.label()}", problem, metrics, seconds))
-    if steps.rerank is not None:
-        parameters = steps.rerank
-        reranker, seconds = _timed(
-            lambda: KReciprocalReranker(problem.queries, problem.gallery, parameters, **problem.exclusions())
-        )
-        label = f"rerank k1={parameters.k1} k2={parameters.k2} lambda={parameters.lambda_value:g}"
-        rows.append(score_step(label, problem, metrics, seconds, rescore=reranker))
+    for step in build_steps(steps):
+        began = time.perf_counter()
+        sides, rescore = apply_step(step, problem.sides(), train_embeddings)
+        seconds = time.perf_counter() - began
+        problem = replace(problem, queries=sides.queries, gallery=sides.gallery)
+        rows.append(score_step(step.label(), problem, metrics, seconds, rescore=rescore))
     return rows

@@ -42,11 +42,13 @@ def weighted_neighbour_sum(
     return l2_normalize(vectors + np.einsum("nk,nkd->nd", weights, neighbours))
 
 
-def _check_parameters(k: int, alpha: float) -> None:
-    if k < 0:
-        raise ValueError(f"the number of neighbours k must be >= 0, got {k}.")
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}.")
+def check_expansion(k: int, alpha: float) -> None:
+    """The one rule for k and alpha of query expansion and database-side augmentation (the post-processing
+    steps `qe` and `dba` call it too): k a whole number >= 1, alpha a number >= 0."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"the number of neighbours k must be a whole number >= 1, got {k!r}.")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.number) or not alpha >= 0:
+        raise ValueError(f"alpha must be a number >= 0, got {alpha!r}.")
 
 
 def _expand(
@@ -57,7 +59,7 @@ def _expand(
     exclusion_arguments: dict[str, Any],
     max_memory_bytes: int,
 ) -> np.ndarray:
-    if k == 0 or database.shape[0] == 0:
+    if database.shape[0] == 0:
         return vectors.copy()
     exclusions = make_exclusions(vectors.shape[0], database.shape[0], **exclusion_arguments)
     expanded = np.empty_like(vectors)
@@ -88,7 +90,7 @@ def query_expansion(
     gallery index of each query's own item, -1 for none (the general form). query_groups (Nq,) /
     gallery_groups (Ng,): ignore-group ids, as in evaluation. Returns unit rows (Nq, D) float32.
     """
-    _check_parameters(k, alpha)
+    check_expansion(k, alpha)
     q = l2_normalize(as_embedding_matrix(queries, "queries"))
     g = l2_normalize(as_embedding_matrix(gallery, "gallery"))
     exclusion_arguments = {
@@ -113,7 +115,7 @@ def database_augmentation(
     groups (Ng,): ignore-group ids; an item does not use the members of its own group. Returns unit rows
     (Ng, D) float32, computed from the original gallery (not updated in place row by row).
     """
-    _check_parameters(k, alpha)
+    check_expansion(k, alpha)
     g = l2_normalize(as_embedding_matrix(gallery, "gallery"))
     exclusion_arguments = {"exclude_self": True, "query_groups": groups, "gallery_groups": groups}
     return _expand(g, g, k, alpha, exclusion_arguments, max_memory_bytes)

@@ -15,12 +15,11 @@ import torch
 
 from embedlab.data.images import ImageFiles
 from embedlab.data.sources import IMAGE_SUFFIXES, read_csv, read_folder
-from embedlab.evaluation.steps import Expansion
+from embedlab.embeddings.encoder import EmbeddingPipeline, EnsembleMember
 from embedlab.models.tta import TestTimeAugmentation
-from embedlab.retrieval.expansion import database_augmentation
+from embedlab.retrieval.postprocessing import StepConfig, Whiten, build_steps, prepare_gallery
 from embedlab.serving.index import (
     CheckpointName,
-    ExpansionRecord,
     FaissRecord,
     GalleryIndex,
     GalleryItem,
@@ -37,8 +36,7 @@ from embedlab.serving.index import (
     write_index,
 )
 from embedlab.serving.large import FaissSettings
-from embedlab.serving.pipeline import EmbeddingPipeline
-from embedlab.serving.searcher import checkpoint_sha256, load_pipeline
+from embedlab.serving.searcher import Searcher, checkpoint_sha256, load_pipeline
 from embedlab.training.run_dir import LoadedRun, load_run
 from embedlab.versions import package_versions
 
@@ -134,27 +132,33 @@ def new_manifest(run: LoadedRun, which: CheckpointName, kind: RequestedKind, n_i
     )
 
 
+#: The post-processing steps an index can hold: those with a gallery side or a query side at search time.
+INDEX_STEPS = ("whiten", "dba", "qe")
+
+
 @dataclass(frozen=True)
 class IndexSteps:
-    """What an index adds to its model: ensemble members (run folder, weight), test-time views, PCA
-    whitening learned on the gallery, database-side augmentation of the gallery, query expansion."""
+    """What an index adds to its model: ensemble members, test-time views, and post-processing steps
+    (whiten, learned on the gallery; dba, applied to the gallery; qe, applied to each query)."""
 
-    ensemble: Sequence[tuple[Path, float]] = ()
+    ensemble: Sequence[EnsembleMember] = ()
     tta: TestTimeAugmentation | None = None
-    whiten_dim: int | None = None
-    dba: Expansion | None = None
-    qe: Expansion | None = None
+    postprocessing: Sequence[StepConfig] = ()
+
+    def __post_init__(self) -> None:
+        for config in self.postprocessing:
+            if config.name not in INDEX_STEPS:
+                raise ValueError(
+                    f"an index holds the post-processing steps {', '.join(INDEX_STEPS)}, not {config.name!r}"
+                )
+            if config.name == "whiten" and config.args.get("fit_on", "gallery") != "gallery":
+                raise ValueError("an index learns its whitening on its gallery (fit_on: gallery)")
 
     def record(self) -> PostprocessingRecord:
-        def expansion(value: Expansion | None) -> ExpansionRecord | None:
-            return None if value is None else ExpansionRecord(k=value.k, alpha=value.alpha)
-
         return PostprocessingRecord(
             tta_flip=self.tta is not None and self.tta.flip,
             tta_scales=[1.0] if self.tta is None else list(self.tta.scales),
-            whitening_dim=self.whiten_dim,
-            dba=expansion(self.dba),
-            qe=expansion(self.qe),
+            steps=[step.config() for step in build_steps(self.postprocessing)],
         )
 
 
@@ -172,13 +176,13 @@ def build_gallery_index(
     steps: IndexSteps | None = None,
     faiss: FaissSettings | None = None,
 ) -> GalleryIndex:
-    """Embed a gallery with a run's checkpoint (and the `steps`: ensemble members, test-time views,
-    whitening, database-side augmentation) and write the index folder `out` (atomically)."""
+    """Embed a gallery with a run's checkpoint (and the `steps`: ensemble members, test-time views, the
+    gallery side of the post-processing steps) and write the index folder `out` (atomically)."""
     out = Path(out)
     steps = steps or IndexSteps()
     check_writable(out, replace=force)
     run = load_run(run_dir, checkpoint)
-    members = [(load_run(path, checkpoint), weight) for path, weight in steps.ensemble]
+    members = [(load_run(member.run_dir, checkpoint), member.weight) for member in steps.ensemble]
     pipeline = EmbeddingPipeline(
         embedders=[run.embedder] + [member.embedder for member, _ in members],
         weights=[1.0] + [weight for _, weight in members],
@@ -186,17 +190,17 @@ def build_gallery_index(
     )
     data = read_gallery(gallery, run.embedder.preprocess.size, run.embedder.preprocess.channels, label)
     batch = batch_size or run.config.train.eval_batch_size
-    embeddings = pipeline.embed_images(data.images, batch, run.config.data.num_workers, progress)
-    if steps.whiten_dim is not None:
-        embeddings = pipeline.fit_whitening(embeddings, steps.whiten_dim)
-    if steps.dba is not None:
-        embeddings = database_augmentation(embeddings, steps.dba.k, steps.dba.alpha)
+    postprocessing = build_steps(steps.postprocessing)
+    embeddings = prepare_gallery(
+        postprocessing, pipeline.embed_images(data.images, batch, run.config.data.num_workers, progress)
+    )
+    whitening = next((step.whitening for step in postprocessing if isinstance(step, Whiten)), None)
     manifest = new_manifest(run, checkpoint, kind, len(data.items))
     manifest.faiss = (faiss or FaissSettings()).applied_to(manifest.faiss)
     manifest.ensemble = [_model_record(member, checkpoint, weight) for member, weight in members]
     manifest.postprocessing = steps.record()
     manifest.sources = [SourceRecord(source=data.source, items=len(data.items), added_at=manifest.created_at)]
-    index = GalleryIndex.create(manifest, data.items, embeddings, pipeline.whitening)
+    index = GalleryIndex.create(manifest, data.items, embeddings, whitening)
     write_index(index, out, replace=force)
     return index
 
@@ -221,13 +225,14 @@ def add_to_gallery_index(
     resolved path) are skipped, so running the same `add` twice adds nothing the second time."""
     index_dir = Path(index_dir)
     index = load_index(index_dir)
-    if index.manifest.postprocessing.dba is not None:
+    if index.manifest.postprocessing.step("dba") is not None:
         raise ValueError(
             f"index {index_dir} was built with database-side augmentation, where every gallery vector "
             "depends on its neighbours: adding images would leave the others stale; rebuild it with "
             "`embedlab index build ... --force` over the whole gallery"
         )
-    run, pipeline = load_pipeline(index.manifest, index_dir.absolute(), run_dir, index.whitening)
+    run, pipeline = load_pipeline(index.manifest, index_dir.absolute(), run_dir)
+    searcher = Searcher(index, pipeline, index_dir.absolute())
     settings = index.manifest.preprocessing
     data = read_gallery(images, settings.image_size, settings.channels, label)
     known = {item.path for item in index.items}
@@ -237,7 +242,7 @@ def add_to_gallery_index(
         return AddResult(index, 0, skipped)
     subset = data.images.subset(torch.tensor(fresh, dtype=torch.long))
     batch = batch_size or run.config.train.eval_batch_size
-    embeddings = pipeline.embed_images(subset, batch, run.config.data.num_workers, progress)
+    embeddings = searcher.embed_images(subset, batch, run.config.data.num_workers, progress)
     source = SourceRecord(source=data.source, items=len(fresh), added_at=utc_now())
     grown = index.extended([data.items[i] for i in fresh], embeddings, source)
     write_index(grown, index_dir, replace=True)

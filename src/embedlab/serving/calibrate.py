@@ -214,16 +214,14 @@ def calibrate_index(
     """
     index_dir = Path(index_dir).absolute()
     index = load_index(index_dir)
-    run, pipeline = load_pipeline(index.manifest, index_dir, run_dir, index.whitening)
+    run, pipeline = load_pipeline(index.manifest, index_dir, run_dir)
     searcher = Searcher(index, pipeline, index_dir)
     batch = batch_size or run.config.train.eval_batch_size
     workers = run.config.data.num_workers
     if queries:
         settings = index.manifest.preprocessing
         data = read_gallery(queries, settings.image_size, settings.channels)
-        query_embeddings = searcher.expand(
-            searcher.pipeline.embed_images(data.images, batch, workers, progress)
-        )
+        query_embeddings = searcher.expand(searcher.embed_images(data.images, batch, workers, progress))
         names = sorted({item.label for item in index.items} | {item.label for item in data.items})
         code = {name: i for i, name in enumerate(names)}
         position = {item.path: i for i, item in enumerate(index.items)}
@@ -237,14 +235,14 @@ def calibrate_index(
         described = f"{data.source} ({len(data.items)} images) against the index gallery"
     else:
         postprocessing = index.manifest.postprocessing
-        if postprocessing.dba is not None or postprocessing.qe is not None:
+        if postprocessing.step("dba") is not None or postprocessing.step("qe") is not None:
             raise ValueError(
                 f"index {index_dir} expands queries or its gallery with its own gallery's neighbours, which "
                 "the validation split does not have: calibrate with --queries (labelled images searched "
                 "against the index)"
             )
         splits = prepare_data(run.config.data)
-        query_embeddings = searcher.pipeline.embed_images(splits.query, batch, workers, progress)
+        query_embeddings = searcher.embed_images(splits.query, batch, workers, progress)
         groups = None if splits.query.groups is None else splits.query.groups.numpy()
         if splits.gallery is None:
             scores = open_set_scores(
@@ -262,7 +260,7 @@ def calibrate_index(
             scores = open_set_scores(
                 query_embeddings,
                 splits.query.labels.numpy(),
-                searcher.pipeline.embed_images(splits.gallery, batch, workers, progress),
+                searcher.embed_images(splits.gallery, batch, workers, progress),
                 splits.gallery.labels.numpy(),
                 query_groups=groups if both else None,
                 gallery_groups=gallery_groups if both else None,

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from embedlab.retrieval.arrays import sample_rows
 from embedlab.retrieval.exclusions import make_exclusions
@@ -48,6 +48,7 @@ from embedlab.retrieval.faiss_index import (
     parts,
     set_search_parameters,
 )
+from embedlab.retrieval.postprocessing import StepConfig, build_step
 from embedlab.retrieval.recall import RecallRecord, measure_recall
 from embedlab.retrieval.whitening import PCAWhitening
 
@@ -124,26 +125,52 @@ class PreprocessingRecord(_Record):
     std: list[float]
 
 
-class ExpansionRecord(_Record):
-    """k neighbours weighted by similarity^alpha (see `embedlab.retrieval.expansion`)."""
-
-    k: int = Field(gt=0)
-    alpha: float = Field(ge=0.0)
-
-
 class PostprocessingRecord(_Record):
-    """What happens to embeddings after the model(s), in this order: test-time views averaged, the
-    ensemble's members concatenated with their weights, unit length, PCA whitening (whitening.npz),
-    database-side augmentation of the stored gallery; at search time, query expansion. Compared by inner
-    product (cosine)."""
+    """What happens to embeddings after the model(s): test-time views averaged, the ensemble's members
+    concatenated with their weights, unit length; then the post-processing `steps` in order, each a
+    `{name, args}` config of `embedlab.retrieval.postprocessing` (whiten: whitening.npz holds the fitted
+    whitening; dba: applied to the stored gallery; qe: applied to each query at search time). Compared by
+    inner product (cosine).
+
+    A manifest written before the steps list (whitening_dim, dba and qe fields) is read as that list.
+    """
 
     l2_normalize: bool = True
     similarity: Literal["cosine"] = "cosine"
     tta_flip: bool = False
     tta_scales: list[float] = Field(default_factory=lambda: [1.0])
-    whitening_dim: int | None = Field(None, gt=0, description="set when whitening.npz whitens the vectors")
-    dba: ExpansionRecord | None = None
-    qe: ExpansionRecord | None = None
+    steps: list[StepConfig] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_of_the_old_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not {"whitening_dim", "dba", "qe"} & data.keys():
+            return data
+        data = dict(data)
+        steps = list(data.get("steps", []))
+        if (dim := data.pop("whitening_dim", None)) is not None:
+            steps.append({"name": "whiten", "args": {"dim": dim, "fit_on": "gallery"}})
+        for name in ("dba", "qe"):
+            if (expansion := data.pop(name, None)) is not None:
+                steps.append({"name": name, "args": dict(expansion)})
+        data["steps"] = steps
+        return data
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_build(cls, steps: list[StepConfig]) -> list[StepConfig]:
+        # Built to be checked by each step's own validator, and kept in the form the step gives back.
+        return [build_step(config).config() for config in steps]
+
+    def step(self, name: str) -> StepConfig | None:
+        """The config of the step called `name`, None when the index has none."""
+        return next((config for config in self.steps if config.name == name), None)
+
+    @property
+    def whitening_dim(self) -> int | None:
+        """The size the whitening step leaves (whitening.npz), None without one."""
+        whiten = self.step("whiten")
+        return None if whiten is None else int(whiten.args["dim"])
 
 
 class FaissRecord(_Record):

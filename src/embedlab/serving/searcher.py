@@ -4,7 +4,8 @@ decision out.
 An index is only meaningful with the models that embedded its gallery. The manifest records them (run
 folder, checkpoint, sha256 of the checkpoint file, embedding size; input size and channels) and the
 post-processing; `load_pipeline` rebuilds that pipeline, loading each run (or, for the index's own
-model, another run named by the caller) and refusing any that differs.
+model, another run named by the caller) and refusing any that differs, and the searcher applies the query
+side of the manifest's post-processing steps.
 """
 
 from __future__ import annotations
@@ -17,12 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from embedlab.retrieval.arrays import l2_normalize
-from embedlab.retrieval.expansion import weighted_neighbour_sum
-from embedlab.retrieval.whitening import PCAWhitening
+from embedlab.data.images import LabelledImages
+from embedlab.embeddings.encoder import EmbeddingPipeline
+from embedlab.models.tta import TestTimeAugmentation
+from embedlab.retrieval.postprocessing import build_steps, expand_queries, transform_queries
 from embedlab.serving.images import DEFAULT_MAX_PIXELS, decode_image
-from embedlab.serving.index import GalleryIndex, IndexManifest, ModelRecord, load_index
-from embedlab.serving.pipeline import EmbeddingPipeline, tta_of
+from embedlab.serving.index import (
+    GalleryIndex,
+    IndexManifest,
+    ModelRecord,
+    PostprocessingRecord,
+    load_index,
+)
 from embedlab.training.run_dir import LoadedRun, load_run
 
 
@@ -92,22 +99,25 @@ def load_matching_run(
     return run
 
 
+def tta_of(record: PostprocessingRecord) -> TestTimeAugmentation | None:
+    """The test-time views an index's vectors were embedded with, None for the image alone."""
+    if not record.tta_flip and record.tta_scales == [1.0]:
+        return None
+    return TestTimeAugmentation(flip=record.tta_flip, scales=tuple(record.tta_scales))
+
+
 def load_pipeline(
-    manifest: IndexManifest,
-    index_dir: Path,
-    run_dir: str | Path | None = None,
-    whitening: PCAWhitening | None = None,
+    manifest: IndexManifest, index_dir: Path, run_dir: str | Path | None = None
 ) -> tuple[LoadedRun, EmbeddingPipeline]:
     """The index's model (or `run_dir`, the same checkpoint), loaded, and the pipeline of it, its
-    ensemble members (from their run folders, each checked against its record), its test-time views
-    and its whitening."""
+    ensemble members (from their run folders, each checked against its record) and its test-time
+    views."""
     runs = [load_matching_run(manifest, index_dir, run_dir)]
     runs += [_load_checked(record, index_dir, None) for record in manifest.ensemble]
     pipeline = EmbeddingPipeline(
         embedders=[run.embedder for run in runs],
         weights=[record.weight for record in manifest.models],
         tta=tta_of(manifest.postprocessing),
-        whitening=whitening,
     )
     return runs[0], pipeline
 
@@ -135,13 +145,14 @@ class QueryResult:
 
 
 class Searcher:
-    """An index and the pipeline that embeds its queries; thread-safe for concurrent searches (both
-    are only read)."""
+    """An index, the pipeline that embeds its queries and the query side of its post-processing steps;
+    thread-safe for concurrent searches (all are only read)."""
 
     def __init__(self, index: GalleryIndex, pipeline: EmbeddingPipeline, index_dir: Path) -> None:
         self.index = index
         self.pipeline = pipeline
         self.index_dir = index_dir
+        self.steps = build_steps(index.manifest.postprocessing.steps, index.whitening)
 
     @property
     def threshold(self) -> float | None:
@@ -154,18 +165,21 @@ class Searcher:
         return decode_image(data, settings.image_size, settings.channels, max_pixels=max_pixels, name=name)
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 images (B, C, S, S) -> the index's unit vectors (B, D) float32."""
-        return self.pipeline.embed_pixels(pixels)
+        """uint8 images (B, C, S, S) -> the index's unit vectors (B, D) float32 (whitened when the index
+        is)."""
+        return transform_queries(self.steps, self.pipeline.embed_pixels(pixels))
+
+    def embed_images(
+        self, images: LabelledImages, batch_size: int, num_workers: int = 0, progress: bool = False
+    ) -> np.ndarray:
+        """A collection -> the index's unit vectors (N, D), as `embed` makes them."""
+        return transform_queries(
+            self.steps, self.pipeline.embed_images(images, batch_size, num_workers, progress)
+        )
 
     def expand(self, embeddings: np.ndarray) -> np.ndarray:
-        """Query expansion with the stored gallery vectors, when the index was built with --qe."""
-        qe = self.index.manifest.postprocessing.qe
-        if qe is None or len(embeddings) == 0:
-            return embeddings
-        scores, ids = self.index.search(embeddings, qe.k)
-        return weighted_neighbour_sum(
-            l2_normalize(embeddings), np.asarray(self.index.embeddings), scores, ids, qe.alpha
-        )
+        """The query side of the steps that expand queries (qe) with the stored gallery vectors."""
+        return expand_queries(self.steps, embeddings, np.asarray(self.index.embeddings), self.index.search)
 
     def search_embeddings(self, embeddings: np.ndarray, k: int) -> list[QueryResult]:
         """Top-k and the open-set decision of each query vector (Nq, D), after query expansion when
@@ -203,5 +217,5 @@ def open_searcher(index_dir: str | Path, run_dir: str | Path | None = None) -> S
     """Load an index and the model that built it (or `run_dir`, checked to be the same model)."""
     index_dir = Path(index_dir).absolute()
     index = load_index(index_dir)
-    _, pipeline = load_pipeline(index.manifest, index_dir, run_dir, index.whitening)
+    _, pipeline = load_pipeline(index.manifest, index_dir, run_dir)
     return Searcher(index, pipeline, index_dir)

@@ -12,18 +12,12 @@ import numpy as np
 
 from embedlab.data.images import LabelledImages
 from embedlab.data.splits import prepare_data
+from embedlab.embeddings.encoder import EmbeddingPipeline, EnsembleMember
 from embedlab.evaluation import RetrievalResult
-from embedlab.evaluation.steps import (
-    Postprocessing,
-    RetrievalProblem,
-    StepResult,
-    postprocessing_rows,
-    score_step,
-)
-from embedlab.models.inference import embed
+from embedlab.evaluation.steps import RetrievalProblem, StepResult, postprocessing_rows, score_step
 from embedlab.models.tta import TestTimeAugmentation
-from embedlab.retrieval.ensemble import combine_members
-from embedlab.training.run_dir import SPLIT_FILE, LoadedRun, load_run, read_json
+from embedlab.retrieval.postprocessing import StepConfig
+from embedlab.training.run_dir import SPLIT_FILE, load_run, read_json
 
 
 def _numpy(values: object) -> np.ndarray | None:
@@ -76,9 +70,10 @@ def evaluate_run(
     cfg = run.config
     data = prepare_data(cfg.data)
     batch, workers = cfg.train.eval_batch_size, cfg.data.num_workers
-    query = embed(run.embedder, data.query, batch, workers, progress=True)
+    pipeline = EmbeddingPipeline([run.embedder], [1.0])
+    query = pipeline.embed_images(data.query, batch, workers, progress=True)
     gallery = (
-        None if data.gallery is None else embed(run.embedder, data.gallery, batch, workers, progress=True)
+        None if data.gallery is None else pipeline.embed_images(data.gallery, batch, workers, progress=True)
     )
     return score_validation(query, gallery, data.query, data.gallery, metrics or cfg.train.metrics)
 
@@ -87,26 +82,6 @@ def evaluate_run(
 
 # split.json keys that must agree for runs to be scored on the same validation items.
 _SPLIT_KEYS = ("dataset", "validation_split", "gallery", "seed", "query_images", "validation_classes")
-
-
-@dataclass(frozen=True)
-class EnsembleMember:
-    """Another run whose embeddings join the ensemble, with its weight."""
-
-    run_dir: Path
-    weight: float = 1.0
-
-    @classmethod
-    def parse(cls, text: str) -> EnsembleMember:
-        """ "RUN_DIR" or "RUN_DIR:WEIGHT" (a colon followed by something other than a number is part of
-        the path)."""
-        path, _, weight = text.rpartition(":")
-        if path:
-            try:
-                return cls(Path(path), float(weight))
-            except ValueError:
-                pass
-        return cls(Path(text))
 
 
 def _check_same_split(primary: Path, member: Path) -> None:
@@ -132,58 +107,59 @@ def evaluate_run_steps(
     *,
     ensemble: Sequence[EnsembleMember] = (),
     tta: TestTimeAugmentation | None = None,
-    steps: Postprocessing | None = None,
+    steps: Sequence[StepConfig] = (),
     which: str = "best",
 ) -> list[StepResult]:
     """Score a run's validation split with each requested step added in turn.
 
     Rows: the run's model; + the ensemble with the other runs (RUN_DIR has weight 1); + test-time
-    augmentation (of every model); then + whitening, DBA, query expansion, re-ranking (see
+    augmentation (of every model); then a row per post-processing step, in order (see
     `embedlab.evaluation.steps`). Each member must have been trained on the same split.
     """
     primary = load_run(run_dir, which)
     for member in ensemble:
         _check_same_split(primary.run_dir, member.run_dir)
     runs = [primary] + [load_run(member.run_dir, which) for member in ensemble]
-    weights = [1.0] + [member.weight for member in ensemble]
+    pipeline = EmbeddingPipeline(
+        embedders=[run.embedder for run in runs], weights=[1.0] + [member.weight for member in ensemble]
+    )
     cfg = primary.config
     data = prepare_data(cfg.data)
     metric_names = list(metrics or cfg.train.metrics)
     batch, workers = cfg.train.eval_batch_size, cfg.data.num_workers
 
-    def embed_run(run: LoadedRun, view: TestTimeAugmentation | None) -> _Embedded:
-        began = time.perf_counter()
-        queries = embed(run.embedder, data.query, batch, workers, progress=True, tta=view)
-        gallery = (
-            None if data.gallery is None else embed(run.embedder, data.gallery, batch, workers, tta=view)
-        )
-        return _Embedded(queries, gallery, time.perf_counter() - began)
+    def embed_members(views: EmbeddingPipeline) -> list[_Embedded]:
+        embedded = []
+        for member in range(len(runs)):
+            began = time.perf_counter()
+            queries = views.embed_member(member, data.query, batch, workers, progress=True)
+            gallery = (
+                None if data.gallery is None else views.embed_member(member, data.gallery, batch, workers)
+            )
+            embedded.append(_Embedded(queries, gallery, time.perf_counter() - began))
+        return embedded
 
     def combined(embedded: list[_Embedded]) -> RetrievalProblem:
-        used = weights[: len(embedded)]
-        queries = combine_members([e.queries for e in embedded], used)
+        queries = pipeline.combine([e.queries for e in embedded])
         galleries = [e.gallery for e in embedded if e.gallery is not None]
-        gallery = combine_members(galleries, used) if galleries else None
+        gallery = pipeline.combine(galleries) if galleries else None
         return validation_problem(queries, gallery, data.query, data.gallery)
 
-    plain = [embed_run(run, None) for run in runs]
-    rows = [score_step("model", combined(plain[:1]), metric_names, plain[0].seconds)]
+    plain = embed_members(pipeline)
+    first = validation_problem(plain[0].queries, plain[0].gallery, data.query, data.gallery)
+    rows = [score_step("model", first, metric_names, plain[0].seconds)]
     problem = combined(plain)
     if ensemble:
-        label = f"ensemble of {len(runs)} runs, weights {', '.join(f'{w:g}' for w in weights)}"
+        label = f"ensemble of {len(runs)} runs, weights {', '.join(f'{w:g}' for w in pipeline.weights)}"
         rows.append(score_step(label, problem, metric_names, sum(e.seconds for e in plain[1:])))
+    views = pipeline.with_tta(tta)
     if tta is not None:
-        viewed = [embed_run(run, tta) for run in runs]
+        viewed = embed_members(views)
         problem = combined(viewed)
         rows.append(score_step(f"tta {tta.label()}", problem, metric_names, sum(e.seconds for e in viewed)))
 
     def train_embeddings() -> np.ndarray:
-        parts = [embed(run.embedder, data.train, batch, workers, tta=tta) for run in runs]
-        return combine_members(parts, weights)
+        return views.embed_images(data.train, batch, workers)
 
-    rows.extend(
-        postprocessing_rows(
-            problem, steps or Postprocessing(), metric_names, train_embeddings=train_embeddings
-        )
-    )
+    rows.extend(postprocessing_rows(problem, steps, metric_names, train_embeddings=train_embeddings))
     return rows
