@@ -51,7 +51,7 @@ def make_demo_index(folder: Path, identities: int, per_identity: int, image_size
     """Generate a gallery, train a small_cnn run for a few steps, index the gallery; returns
     (index folder, a query image)."""
     from embedlab.config import load_config
-    from embedlab.serving.build import build_gallery_index
+    from embedlab.pipelines.index import build_gallery_index
     from embedlab.training.fit import fit
 
     rng = np.random.default_rng(0)

@@ -117,7 +117,7 @@ def write_gallery(folder: Path, n_rows: int, shard_rows: int, seed: int) -> tupl
 
 
 def build_role(shards: str, out: str, index_shards: int) -> dict[str, Any]:
-    from embedlab.serving.large import FaissSettings, build_index_from_shards
+    from embedlab.index.shards import FaissSettings, build_index_from_shards
 
     before = peak_rss_mib()
     started = time.perf_counter()
@@ -151,7 +151,7 @@ def _timed(call: Any, repeats: int) -> tuple[float, Any]:
 
 
 def search_role(index_dir: str, queries: str, ids_out: str) -> dict[str, Any]:
-    from embedlab.serving.index import load_index
+    from embedlab.index.store import load_index
 
     rows = np.load(queries)
     started = time.perf_counter()

@@ -6,7 +6,7 @@ of Fashion-MNIST's 10 classes (data.validation.split=classes, fraction 0.4: the 
 the split seed) with three losses: CosFace, ArcFace, and Triplet with a MultiSimilarity miner. The
 other 4 classes (all 28,000 of their training and test images) are searched in themselves. Rows: the
 CosFace model alone, then each step alone on top of it, then combinations, all through
-`embedlab.training.evaluate.evaluate_run_steps`, the function behind `embedlab evaluate`; each row
+`embedlab.pipelines.evaluate.evaluate_run_steps`, the function behind `embedlab evaluate`; each row
 prints the equivalent command. Runs already trained in --out are reused.
 
 Memory: k-reciprocal re-ranking of 1,000 queries against 100,000 gallery items (random clustered 128-d
@@ -36,9 +36,9 @@ from embedlab.embeddings.encoder import EnsembleMember
 from embedlab.evaluation import evaluate_retrieval
 from embedlab.evaluation.steps import StepResult
 from embedlab.models.tta import TestTimeAugmentation
+from embedlab.pipelines.evaluate import evaluate_run_steps
 from embedlab.retrieval.postprocessing import steps_from_options
 from embedlab.retrieval.reranking import KReciprocalParameters, KReciprocalReranker
-from embedlab.training.evaluate import evaluate_run_steps
 from embedlab.training.fit import fit
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist_losses.yaml"

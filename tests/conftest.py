@@ -1,18 +1,32 @@
-"""Shared fixtures: tiny image folders and CSVs made on the fly, and quick configs."""
+"""Shared fixtures: tiny image folders and CSVs made on the fly, quick configs, and the deployment of the
+serving tests (one tiny trained run, its gallery index, a server process on a free port, hostile image
+bytes: a decompression bomb, a truncated JPEG)."""
 
 from __future__ import annotations
 
 import csv
+import io
 import multiprocessing
+import os
 import runpy
 import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+from embedlab.index.gallery import GalleryIndex
 
 
 def write_image_folder(root: Path, classes: int = 4, per_class: int = 5, size: int = 12) -> Path:
@@ -140,3 +154,207 @@ def one_faiss_thread() -> Iterator[None]:
     faiss.omp_set_num_threads(1)
     yield
     faiss.omp_set_num_threads(threads)
+
+
+EMBEDLAB = shutil.which("embedlab", path=str(Path(sys.executable).parent)) or "embedlab"
+
+#: Identities of the generated gallery: a flat colour each (the model only has to tell colours apart).
+GALLERY_COLOURS = {
+    "whale_a": (220, 40, 40),
+    "whale_b": (40, 200, 60),
+    "whale_c": (50, 60, 220),
+    "whale_d": (230, 210, 40),
+    "whale_e": (200, 60, 210),
+    "whale_f": (40, 200, 210),
+}
+#: Identities that are never in the gallery (calibration and open-set queries).
+NEW_COLOURS = {"whale_x": (250, 250, 250), "whale_y": (10, 10, 10)}
+IMAGE_SIDE = 24
+
+
+def write_identities(
+    root: Path, colours: dict[str, tuple[int, int, int]], per_identity: int, seed: int
+) -> Path:
+    """ROOT/<identity>/<n>.png: each identity a colour with pixel noise."""
+    rng = np.random.default_rng(seed)
+    for name, colour in colours.items():
+        (root / name).mkdir(parents=True)
+        for n in range(per_identity):
+            noise = rng.normal(0, 12, (IMAGE_SIDE, IMAGE_SIDE, 3))
+            pixels = np.clip(np.array(colour, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{n}.png")
+    return root
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A valid 8-bit grey PNG of width x height zero pixels, made in a fraction of a second even at
+    20,000 x 20,000 (400 MB decoded, a few hundred kilobytes encoded).
+
+    After a full flush zlib forgets its history, so every later block of identical rows compresses to
+    the same bytes: one block is compressed and repeated, and the stream's adler32 is computed over the
+    real data.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (width + 1)  # filter byte 0, then one byte per pixel
+    rows_per_block = max(1, min(height, (1 << 20) // len(row)))
+    block = row * rows_per_block
+    blocks, rest = divmod(height, rows_per_block)
+    compressor = zlib.compressobj(9)
+    first = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    repeated = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH) if blocks > 1 else b""
+    last = compressor.compress(row * rest) + compressor.flush()
+    checksum = 1
+    for _ in range(blocks):
+        checksum = zlib.adler32(block, checksum)
+    checksum = zlib.adler32(row * rest, checksum)
+    data = first + repeated * (blocks - 1) + last[:-4] + struct.pack(">I", checksum)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="session")
+def make_blank_png():
+    return blank_png
+
+
+@pytest.fixture(scope="session")
+def bomb_png() -> bytes:
+    return blank_png(20_000, 20_000)
+
+
+@pytest.fixture(scope="session")
+def truncated_jpeg() -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()[: len(buffer.getvalue()) // 2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Server:
+    """`embedlab serve` as a user starts it (no --host), with a 1 MiB upload limit, on a free port."""
+
+    def __init__(self, index_dir: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        with log.open("w") as stream:
+            self.process = subprocess.Popen(
+                [EMBEDLAB, "serve", str(index_dir), "--port", str(self.port), "--max-upload-mb", "1"],
+                stdout=stream,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, "COLUMNS": "200"},
+            )
+
+    def wait_until_ready(self, seconds: float = 180) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the server exited with {self.process.returncode}:\n{self.log.read_text()}"
+                )
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not answer within {seconds} s:\n{self.log.read_text()}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+HERE = Path(__file__).parent / "serving"
+SERVER_WANTED = pytest.StashKey[bool]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Within tests/serving, the tests that talk to the server run last; the server process starts as
+    soon as the index exists (see `deployment`), so it boots while the in-process tests run."""
+    positions = [n for n, item in enumerate(items) if item.path.parent == HERE]
+    block = [items[n] for n in positions]
+    late = [item for item in block if "server" in getattr(item, "fixturenames", ())]
+    config.stash[SERVER_WANTED] = bool(late)
+    for position, item in zip(positions, [i for i in block if i not in late] + late, strict=True):
+        items[position] = item
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A trained run, its gallery folder, an index over it calibrated for the best F1 on a folder of
+    known and new identities (and the index as built, in memory), other images of the new identities,
+    and the server process (if tests want it)."""
+
+    run_dir: Path
+    gallery: Path
+    index_dir: Path
+    new_identities: Path
+    calibration: Path
+    built: GalleryIndex
+    server: Server | None
+
+
+@pytest.fixture(scope="session")
+def deployment(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    from embedlab.config import load_config
+    from embedlab.pipelines.index import build_gallery_index
+    from embedlab.serving.calibrate import calibrate_index
+    from embedlab.training.fit import fit
+
+    root = tmp_path_factory.mktemp("deployment")
+    gallery = write_identities(root / "gallery", GALLERY_COLOURS, per_identity=6, seed=0)
+    new_identities = write_identities(root / "new", NEW_COLOURS, per_identity=3, seed=1)
+    # Calibration images: known identities (other photos) and new ones, as a user would collect them.
+    calibration = write_identities(root / "calibration", GALLERY_COLOURS, per_identity=2, seed=2)
+    write_identities(calibration, NEW_COLOURS, per_identity=2, seed=3)
+    cfg, _ = load_config(
+        None,
+        [
+            f"data.dataset={gallery}",
+            "data.image_size=16",
+            "data.validation.split=classes",
+            "data.validation.fraction=0.34",
+            "train.epochs=1",
+            "train.batch_size=8",
+            "model.embedding_dim=16",
+            "loss={name: ContrastiveLoss}",
+        ],
+    )
+    run_dir = root / "run"
+    fit(cfg, run_dir, progress=False)
+    index_dir = root / "index"
+    built = build_gallery_index(run_dir, [gallery], index_dir, progress=False)
+    calibrate_index(index_dir, queries=[calibration], objective="best_f1", progress=False)
+    server = (
+        Server(index_dir, root / "server.log") if request.config.stash.get(SERVER_WANTED, False) else None
+    )
+    try:
+        yield Deployment(run_dir, gallery, index_dir, new_identities, calibration, built, server)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(deployment: Deployment) -> Server:
+    assert deployment.server is not None, "the collection hook asks for the server when a test uses it"
+    deployment.server.wait_until_ready()
+    return deployment.server

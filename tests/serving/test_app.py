@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from embedlab.embeddings.encoder import EmbeddingPipeline
-from embedlab.serving.index import load_index
-from embedlab.serving.searcher import Searcher
+from embedlab.index.search import Searcher
+from embedlab.index.store import load_index
 from embedlab.training.run_dir import load_run
 
 

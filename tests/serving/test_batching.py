@@ -7,8 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
+from embedlab.index.search import open_searcher
 from embedlab.serving.batching import BatchedSearch
-from embedlab.serving.searcher import open_searcher
 
 
 def test_concurrent_searches_are_batched_and_answered_like_direct_ones(deployment) -> None:

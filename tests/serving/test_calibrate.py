@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embedlab.index.store import load_index
 from embedlab.serving.calibrate import (
     OpenSetScores,
     calibrate_index,
@@ -17,7 +18,6 @@ from embedlab.serving.calibrate import (
     threshold_for_best_f1,
     threshold_for_fmr,
 )
-from embedlab.serving.index import load_index
 
 
 def plain_open_set_scores(queries, query_labels, gallery, gallery_labels, hidden) -> OpenSetScores:

@@ -11,9 +11,9 @@ import onnxruntime
 import pytest
 
 from embedlab.config import load_config
+from embedlab.index.search import open_searcher
 from embedlab.serving import export as export_module
 from embedlab.serving.export import ExportError, export_onnx
-from embedlab.serving.searcher import open_searcher
 from embedlab.training.fit import fit
 
 

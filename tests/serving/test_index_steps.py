@@ -11,16 +11,17 @@ import pytest
 
 from embedlab.data.sources import read_folder
 from embedlab.embeddings.encoder import EnsembleMember
+from embedlab.index.manifest import WHITENING_FILE
+from embedlab.index.search import open_searcher
+from embedlab.index.store import load_index
 from embedlab.models.inference import embed
 from embedlab.models.tta import TestTimeAugmentation
+from embedlab.pipelines.index import IndexSteps, add_to_gallery_index, build_gallery_index
 from embedlab.retrieval.ensemble import concatenate_embeddings
 from embedlab.retrieval.expansion import database_augmentation, weighted_neighbour_sum
 from embedlab.retrieval.postprocessing import StepConfig
 from embedlab.retrieval.whitening import PCAWhitening
-from embedlab.serving.build import IndexSteps, add_to_gallery_index, build_gallery_index
 from embedlab.serving.calibrate import calibrate_index
-from embedlab.serving.index import WHITENING_FILE, load_index
-from embedlab.serving.searcher import open_searcher
 from embedlab.training.run_dir import load_run
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from embedlab.config import ConfigError, load_config
+from embedlab.pipelines.evaluate import evaluate_run
 from embedlab.training.averaging import exponential_moving_average, warmed_up_decay
-from embedlab.training.evaluate import evaluate_run
 from embedlab.training.fit import fit
 
 DIGITS = [

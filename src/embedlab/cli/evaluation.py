@@ -57,8 +57,8 @@ def evaluate(
     """
     from embedlab.evaluation import evaluate_embedding_files, evaluate_shards
     from embedlab.evaluation.shards import SHARD_METRICS
+    from embedlab.pipelines.evaluate import evaluate_run
     from embedlab.retrieval.postprocessing import steps_from_options
-    from embedlab.training.evaluate import evaluate_run
 
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     try:
@@ -127,7 +127,7 @@ def _evaluate_steps(
     from embedlab.evaluation import DEFAULT_METRICS, load_embedding_files
     from embedlab.evaluation.steps import RetrievalProblem, postprocessing_rows, score_step
     from embedlab.models.tta import TestTimeAugmentation
-    from embedlab.training.evaluate import evaluate_run_steps
+    from embedlab.pipelines.evaluate import evaluate_run_steps
 
     if run_dir is not None:
         return evaluate_run_steps(

@@ -11,7 +11,7 @@ from embedlab.cli.errors import USER_ERRORS, console, fail
 from embedlab.cli.options import BatchOption, CheckpointChoice, KindChoice, RunOption
 
 if TYPE_CHECKING:
-    from embedlab.serving.index import IndexManifest
+    from embedlab.index.manifest import IndexManifest
 
 index_app = typer.Typer(no_args_is_help=True, help="Build a gallery index from a trained run, or add to one.")
 
@@ -67,10 +67,10 @@ def index_build(
     """Embed a gallery with a trained run, or read the shards of `embedlab embed`, and write a
     searchable index (atomically)."""
     from embedlab.embeddings.encoder import EnsembleMember
+    from embedlab.index.shards import FaissSettings, build_index_from_shards
     from embedlab.models.tta import TestTimeAugmentation
+    from embedlab.pipelines.index import IndexSteps, build_gallery_index
     from embedlab.retrieval.postprocessing import steps_from_options
-    from embedlab.serving.build import IndexSteps, build_gallery_index
-    from embedlab.serving.large import FaissSettings, build_index_from_shards
 
     settings = FaissSettings(
         nlist=nlist, nprobe=nprobe, pq_m=pq_m, train_size=train_size, shards=index_shards
@@ -141,7 +141,7 @@ def index_add(
     batch_size: BatchOption = None,
 ) -> None:
     """Embed more images with the index's model and append them to the index."""
-    from embedlab.serving.build import add_to_gallery_index
+    from embedlab.pipelines.index import add_to_gallery_index
 
     try:
         result = add_to_gallery_index(index_dir, images, run_dir=run, label=label, batch_size=batch_size)

@@ -23,7 +23,7 @@ def search(
     run: RunOption = None,
 ) -> None:
     """The k most similar gallery images of each query, and whether it is a new identity."""
-    from embedlab.serving.searcher import open_searcher
+    from embedlab.index.search import open_searcher
 
     try:
         searcher = open_searcher(index_dir, run)

@@ -35,9 +35,9 @@ from embedlab.embeddings.shards import (
     write_shard,
     write_spec,
 )
+from embedlab.index.manifest import CheckpointName
 from embedlab.models.inference import embed
-from embedlab.serving.build import new_manifest
-from embedlab.serving.index import CheckpointName
+from embedlab.pipelines.index import new_manifest
 from embedlab.training.distributed import resolve_layout
 from embedlab.training.run_dir import load_run
 

@@ -1,6 +1,4 @@
-"""Deploying a trained model: the gallery index on disk, search, the open-set threshold, the HTTP API
-and its page, and ONNX export.
+"""Deploying an index: the HTTP API and its page, the open-set threshold, and ONNX export.
 
-The modules are imported by name (`embedlab.serving.index`, ...) so that reading an index does not
-import torch.
+The gallery index itself (manifest, store, search) lives in `embedlab.index`, which needs no torch.
 """

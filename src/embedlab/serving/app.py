@@ -32,9 +32,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from embedlab.data.decoding import DEFAULT_MAX_PIXELS, ImageRejectedError
+from embedlab.index.search import Searcher, open_searcher
 from embedlab.serving.batching import DEFAULT_MAX_BATCH, BatchedSearch
-from embedlab.serving.images import DEFAULT_MAX_PIXELS, ImageRejectedError
-from embedlab.serving.searcher import Searcher, open_searcher
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import anyio
 import numpy as np
 
-from embedlab.serving.searcher import QueryResult, Searcher
+from embedlab.index.search import QueryResult, Searcher
 
 DEFAULT_MAX_BATCH = 32
 

@@ -34,12 +34,13 @@ from typing import Literal
 import numpy as np
 
 from embedlab.data.splits import prepare_data
+from embedlab.index.manifest import OpenSetRecord, utc_now
+from embedlab.index.search import Searcher, load_pipeline
+from embedlab.index.store import load_index, write_index
+from embedlab.pipelines.index import read_gallery
 from embedlab.retrieval.arrays import as_embedding_matrix, prepare_embeddings
 from embedlab.retrieval.exact import DEFAULT_MAX_MEMORY_BYTES, iter_similarity_blocks
 from embedlab.retrieval.exclusions import make_exclusions
-from embedlab.serving.build import read_gallery
-from embedlab.serving.index import OpenSetRecord, load_index, utc_now, write_index
-from embedlab.serving.searcher import Searcher, load_pipeline
 
 Objective = Literal["target_fmr", "best_f1"]
 

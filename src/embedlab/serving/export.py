@@ -4,7 +4,7 @@ The graph takes `images`, uint8 (B, C, S, S): raw pixels with the trained channe
 and returns `embeddings`, float32 (B, D) unit rows. Inside it is everything `Embedder.forward` does
 after resizing: pixels / 255, the trained mean and std, backbone, pooling, neck, L2 normalisation.
 Resizing stays outside: torch's exporter has no ONNX operator for its antialiased bilinear resize, and
-embedlab itself resizes with Pillow before the model (`embedlab.serving.images`), so a deployment
+embedlab itself resizes with Pillow before the model (`embedlab.data.decoding`), so a deployment
 resizes to S x S bilinearly first, as the model's metadata says. The batch axis is dynamic.
 
 Verification: onnxruntime (CPU) embeds random uint8 batches of two sizes (which also checks the
@@ -24,8 +24,8 @@ import onnx
 import onnxruntime
 import torch
 
-from embedlab.serving.index import CheckpointName
-from embedlab.serving.searcher import checkpoint_sha256
+from embedlab.index.manifest import CheckpointName
+from embedlab.index.search import checkpoint_sha256
 from embedlab.training.run_dir import load_run
 
 DEFAULT_TOLERANCE = 1e-4

@@ -25,8 +25,8 @@ from embedlab.evaluation import RetrievalResult
 from embedlab.models.inference import embed
 from embedlab.training.averaging import ExponentialMovingAverage
 from embedlab.training.distributed import broadcast_from_zero, gather_rows, slice_of
-from embedlab.training.evaluate import score_validation
 from embedlab.training.snapshot import take_snapshot, write_snapshot
+from embedlab.training.validation import score_validation
 
 
 class RetrievalValidation(L.Callback):

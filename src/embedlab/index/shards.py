@@ -13,17 +13,19 @@ from pathlib import Path
 
 from embedlab.embeddings.shards import ITEMS_FILE as SHARD_ITEMS_FILE
 from embedlab.embeddings.shards import EmbeddingShards
-from embedlab.serving.index import (
+from embedlab.index.gallery import build_faiss_index
+from embedlab.index.manifest import (
     FaissRecord,
     IndexManifest,
     ModelRecord,
     PreprocessingRecord,
     RequestedKind,
     SourceRecord,
-    build_faiss_index,
-    check_writable,
     choose_kind,
     utc_now,
+)
+from embedlab.index.store import (
+    check_writable,
     write_faiss_files,
     write_index_folder,
     write_manifest_last,

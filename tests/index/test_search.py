@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from embedlab.config import ModelConfig
+from embedlab.data.decoding import ImageRejectedError
+from embedlab.index.search import ModelMismatchError, open_searcher
 from embedlab.models.embedder import build_embedder
-from embedlab.serving.images import ImageRejectedError
-from embedlab.serving.searcher import ModelMismatchError, open_searcher
 
 
 def test_a_gallery_image_finds_itself_then_its_identity(deployment) -> None:

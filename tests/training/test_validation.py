@@ -5,7 +5,7 @@ import torch
 from embedlab.config import DataConfig
 from embedlab.data.images import InMemoryImages
 from embedlab.data.splits import prepare_data
-from embedlab.training.evaluate import score_validation
+from embedlab.training.validation import score_validation
 
 
 def _images(labels, is_query=None, is_gallery=None) -> InMemoryImages:

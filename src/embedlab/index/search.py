@@ -18,18 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from embedlab.data.decoding import DEFAULT_MAX_PIXELS, decode_image
 from embedlab.data.images import LabelledImages
 from embedlab.embeddings.encoder import EmbeddingPipeline
+from embedlab.index.gallery import GalleryIndex
+from embedlab.index.manifest import IndexManifest, ModelRecord, PostprocessingRecord
+from embedlab.index.store import load_index
 from embedlab.models.tta import TestTimeAugmentation
 from embedlab.retrieval.postprocessing import build_steps, expand_queries, transform_queries
-from embedlab.serving.images import DEFAULT_MAX_PIXELS, decode_image
-from embedlab.serving.index import (
-    GalleryIndex,
-    IndexManifest,
-    ModelRecord,
-    PostprocessingRecord,
-    load_index,
-)
 from embedlab.training.run_dir import LoadedRun, load_run
 
 
@@ -160,7 +156,7 @@ class Searcher:
         return None if open_set is None else open_set.threshold
 
     def decode(self, data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-        """Encoded image bytes -> uint8 (C, S, S) as the gallery was read (see serving.images)."""
+        """Encoded image bytes -> uint8 (C, S, S) as the gallery was read (see embedlab.data.decoding)."""
         settings = self.index.manifest.preprocessing
         return decode_image(data, settings.image_size, settings.channels, max_pixels=max_pixels, name=name)
 

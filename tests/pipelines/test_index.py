@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedlab.serving.build import add_to_gallery_index, build_gallery_index, read_gallery
-from embedlab.serving.index import load_index
-from embedlab.serving.searcher import open_searcher
+from embedlab.index.search import open_searcher
+from embedlab.index.store import load_index
+from embedlab.pipelines.index import add_to_gallery_index, build_gallery_index, read_gallery
 
 
 def test_a_folder_gallery_records_model_preprocessing_and_items(deployment) -> None:

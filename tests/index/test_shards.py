@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from embedlab.cli import app
 from embedlab.embeddings.shards import Shard, ShardSpec, write_items, write_manifest, write_shard, write_spec
+from embedlab.index.search import open_searcher
+from embedlab.index.shards import FaissSettings, build_index_from_shards
+from embedlab.index.store import load_index
 from embedlab.pipelines.embed import embed_to_shards
-from embedlab.serving.build import add_to_gallery_index
-from embedlab.serving.index import load_index
-from embedlab.serving.large import FaissSettings, build_index_from_shards
-from embedlab.serving.searcher import open_searcher
+from embedlab.pipelines.index import add_to_gallery_index
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
@@ -131,7 +131,7 @@ KILLED_BUILD = textwrap.dedent(
     """
     import os, signal
     import faiss
-    from embedlab.serving.large import FaissSettings, build_index_from_shards
+    from embedlab.index.shards import FaissSettings, build_index_from_shards
 
     real_write, calls = faiss.write_index, []
 

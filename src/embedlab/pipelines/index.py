@@ -16,27 +16,24 @@ import torch
 from embedlab.data.images import ImageFiles
 from embedlab.data.sources import IMAGE_SUFFIXES, read_csv, read_folder
 from embedlab.embeddings.encoder import EmbeddingPipeline, EnsembleMember
-from embedlab.models.tta import TestTimeAugmentation
-from embedlab.retrieval.postprocessing import StepConfig, Whiten, build_steps, prepare_gallery
-from embedlab.serving.index import (
+from embedlab.index.gallery import GalleryIndex, GalleryItem
+from embedlab.index.manifest import (
     CheckpointName,
     FaissRecord,
-    GalleryIndex,
-    GalleryItem,
     IndexManifest,
     ModelRecord,
     PostprocessingRecord,
     PreprocessingRecord,
     RequestedKind,
     SourceRecord,
-    check_writable,
     choose_kind,
-    load_index,
     utc_now,
-    write_index,
 )
-from embedlab.serving.large import FaissSettings
-from embedlab.serving.searcher import Searcher, checkpoint_sha256, load_pipeline
+from embedlab.index.search import Searcher, checkpoint_sha256, load_pipeline
+from embedlab.index.shards import FaissSettings
+from embedlab.index.store import check_writable, load_index, write_index
+from embedlab.models.tta import TestTimeAugmentation
+from embedlab.retrieval.postprocessing import StepConfig, Whiten, build_steps, prepare_gallery
 from embedlab.training.run_dir import LoadedRun, load_run
 from embedlab.versions import package_versions
 

@@ -14,11 +14,11 @@ from embedlab.evaluation import evaluate_retrieval
 from embedlab.evaluation.steps import RetrievalProblem
 from embedlab.models.inference import embed
 from embedlab.models.tta import TestTimeAugmentation
+from embedlab.pipelines.evaluate import evaluate_run, evaluate_run_steps
 from embedlab.retrieval.ensemble import concatenate_embeddings
 from embedlab.retrieval.expansion import query_expansion
 from embedlab.retrieval.postprocessing import StepConfig
 from embedlab.retrieval.reranking import KReciprocalParameters, KReciprocalReranker
-from embedlab.training.evaluate import evaluate_run, evaluate_run_steps
 from embedlab.training.fit import fit
 from embedlab.training.run_dir import load_run
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from embedlab.data.decoding import ImageRejectedError, decode_image
 from embedlab.data.images import read_image
-from embedlab.serving.images import ImageRejectedError, decode_image
 
 
 @pytest.mark.parametrize(("mode", "channels"), [("RGB", 3), ("RGB", 1), ("L", 3), ("P", 3), ("RGBA", 1)])

@@ -12,19 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedlab.serving import index as index_module
-from embedlab.serving.index import (
+from embedlab.index import manifest as index_module
+from embedlab.index.gallery import GalleryIndex, GalleryItem
+from embedlab.index.manifest import (
     FaissRecord,
-    GalleryIndex,
-    GalleryItem,
     IndexManifest,
     ModelRecord,
     PreprocessingRecord,
     SourceRecord,
     choose_kind,
-    load_index,
-    write_index,
 )
+from embedlab.index.store import load_index, write_index
 
 DIM = 8
 
@@ -194,8 +192,9 @@ CRASHING_WRITER = textwrap.dedent(
     """
     import os, signal, sys
     import numpy as np
-    from embedlab.serving import index as m
-    from embedlab.serving.index import GalleryIndex, GalleryItem, write_index
+    from embedlab.index import store as m
+    from embedlab.index.gallery import GalleryIndex, GalleryItem
+    from embedlab.index.store import write_index
 
     target, crash_at = sys.argv[1], sys.argv[2]
     manifest = m.read_manifest(m.Path(target))

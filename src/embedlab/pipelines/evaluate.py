@@ -1,5 +1,5 @@
-"""Scoring the validation split: after every epoch (the callback) and for a finished run, alone or
-with ensembles, test-time augmentation and post-processing steps."""
+"""Evaluating a finished run on its validation split: alone, or with ensemble members, test-time
+augmentation and post-processing steps scored one after another."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from embedlab.data.images import LabelledImages
 from embedlab.data.splits import prepare_data
 from embedlab.embeddings.encoder import EmbeddingPipeline, EnsembleMember
 from embedlab.evaluation import RetrievalResult
@@ -18,48 +17,7 @@ from embedlab.evaluation.steps import RetrievalProblem, StepResult, postprocessi
 from embedlab.models.tta import TestTimeAugmentation
 from embedlab.retrieval.postprocessing import StepConfig
 from embedlab.training.run_dir import SPLIT_FILE, load_run, read_json
-
-
-def _numpy(values: object) -> np.ndarray | None:
-    return None if values is None else values.numpy()  # type: ignore[attr-defined]
-
-
-def validation_problem(
-    query_embeddings: np.ndarray,
-    gallery_embeddings: np.ndarray | None,
-    query: LabelledImages,
-    gallery: LabelledImages | None,
-) -> RetrievalProblem:
-    """The queries against the gallery (None: the queries themselves, own rows excluded), with their
-    labels and ignore groups. When the validation set searches itself and carries a CSV's `is_query` /
-    `is_gallery` roles, only the items marked as queries search, among the items marked as gallery."""
-    if gallery is not None:
-        return RetrievalProblem.build(
-            query_embeddings,
-            query.labels.numpy(),
-            gallery_embeddings,
-            gallery.labels.numpy(),
-            query_groups=_numpy(query.groups),
-            gallery_groups=_numpy(gallery.groups),
-        )
-    return RetrievalProblem.build(
-        query_embeddings,
-        query.labels.numpy(),
-        query_groups=_numpy(query.groups),
-        query_rows=None if query.is_query is None else np.flatnonzero(query.is_query.numpy()),
-        gallery_rows=None if query.is_gallery is None else np.flatnonzero(query.is_gallery.numpy()),
-    )
-
-
-def score_validation(
-    query_embeddings: np.ndarray,
-    gallery_embeddings: np.ndarray | None,
-    query: LabelledImages,
-    gallery: LabelledImages | None,
-    metrics: Sequence[str],
-) -> RetrievalResult:
-    """Metrics of the validation problem (see `validation_problem`)."""
-    return validation_problem(query_embeddings, gallery_embeddings, query, gallery).score(metrics)
+from embedlab.training.validation import score_validation, validation_problem
 
 
 def evaluate_run(
@@ -77,8 +35,6 @@ def evaluate_run(
     )
     return score_validation(query, gallery, data.query, data.gallery, metrics or cfg.train.metrics)
 
-
-# ---------------------------------------------------------------- ensembles, TTA and post-processing
 
 # split.json keys that must agree for runs to be scored on the same validation items.
 _SPLIT_KEYS = ("dataset", "validation_split", "gallery", "seed", "query_images", "validation_classes")
