@@ -82,12 +82,18 @@ def build_embedder(cfg: ModelConfig, channels: int, image_size: int) -> Embedder
             probe = backbone.eval()(preprocess(torch.zeros(1, channels, image_size, image_size)))
             backbone.train(was_training)
         pooled_features = int(probe[0].numel())
-    neck = NECKS[cfg.neck](pooled_features, cfg.embedding_dim, cfg.dropout)
+    neck = _neck(cfg, pooled_features)
     return Embedder(preprocess, backbone, pooling, neck)
 
 
 def _pooling(cfg: ModelConfig) -> nn.Module:
     return POOLING.build("gem", p=cfg.gem_p) if cfg.pooling == "gem" else POOLING.build(cfg.pooling)
+
+
+def _neck(cfg: ModelConfig, in_features: int) -> nn.Module:
+    return NECKS.build(
+        cfg.neck, in_features=in_features, embedding_dim=cfg.embedding_dim, dropout=cfg.dropout
+    )
 
 
 def _build_dolg_embedder(cfg: ModelConfig, channels: int, image_size: int) -> Embedder:
@@ -98,5 +104,5 @@ def _build_dolg_embedder(cfg: ModelConfig, channels: int, image_size: int) -> Em
     head = DOLGHead(
         stages.local_channels, stages.global_channels, cfg.dolg.local_dim, cfg.dolg.dilations, _pooling(cfg)
     )
-    neck = NECKS[cfg.neck](head.out_features, cfg.embedding_dim, cfg.dropout)
+    neck = _neck(cfg, head.out_features)
     return Embedder(Preprocess(channels, image_size, mean, std), stages, head, neck)
