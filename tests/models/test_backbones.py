@@ -1,6 +1,8 @@
 import pytest
+import timm
 import torch
 
+from embedlab.models import backbones
 from embedlab.models.backbones import create_backbone
 
 
@@ -27,9 +29,25 @@ def test_channels_last_family_is_permuted() -> None:
     assert features.shape == (1, backbone.num_features, 7, 7)
 
 
+@pytest.mark.parametrize("name", ["small_cnn", "small_resnet", "pml_mnist_example", "resnet18"])
+def test_every_backbone_is_built_by_timms_factory(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = []
+    timms_create_model = timm.create_model
+
+    def create_model(model_name: str, **kwargs: object) -> torch.nn.Module:
+        built.append(model_name)
+        return timms_create_model(model_name, **kwargs)
+
+    monkeypatch.setattr(backbones.timm, "create_model", create_model)
+    assert create_backbone(name, in_chans=1).num_features > 0
+    assert built == [name]
+
+
 def test_unknown_backbone_suggests_a_name() -> None:
     with pytest.raises(ValueError, match=r"unknown backbone 'resnet17'.*Did you mean"):
         create_backbone("resnet17", in_chans=3)
+    with pytest.raises(ValueError, match=r"Did you mean 'small_cnn'.*one of: small_cnn, small_resnet"):
+        create_backbone("smal_cnn", in_chans=1)
 
 
 def test_small_cnn_has_no_pretrained_weights() -> None:
