@@ -109,6 +109,9 @@ def test_a_cnn_with_dolg_embeds_at_any_input_size(side: int) -> None:
 
 
 def test_gradients_reach_both_branches_and_both_stages_they_read() -> None:
+    # resnet18's last map is 1 x 1 at 32 pixels, where GeM is the identity whatever p: the exponent's
+    # gradient is rounding noise, exactly 0 for some initialisations (2 seeds in 30), so fix one
+    torch.manual_seed(0)
     embedder = build_embedder(dolg_config(), channels=3, image_size=32).train()
     local_map, global_map = embedder.backbone(embedder.preprocess(random_pixels(4, 32)))
     local_map.retain_grad()
