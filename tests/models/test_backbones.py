@@ -91,3 +91,20 @@ def test_small_resnet_blocks_add_their_input() -> None:
 def test_small_resnet_names_mismatched_widths_and_blocks() -> None:
     with pytest.raises(ValueError, match=r"widths \[8, 16\], blocks \[1\]"):
         create_backbone("small_resnet", in_chans=1, kwargs={"widths": (8, 16), "blocks": (1,)})
+
+
+@pytest.mark.parametrize(
+    ("name", "channels", "image_size"),
+    [("small_cnn", 1, 28), ("pml_mnist_example", 1, 28), ("resnet18", 1, 57), ("inception_v3", 3, 139)],
+)
+def test_the_map_size_is_exact_and_touches_nothing(name: str, channels: int, image_size: int) -> None:
+    backbone = create_backbone(name, in_chans=channels)
+    state = {key: value.clone() for key, value in backbone.state_dict().items()}
+    generator_state = torch.random.get_rng_state()
+    size = backbone.feature_map_size(channels, image_size)
+    assert torch.equal(torch.random.get_rng_state(), generator_state)
+    assert all(torch.equal(value, state[key]) for key, value in backbone.state_dict().items())
+    assert backbone.training
+    with torch.no_grad():
+        features = backbone.eval()(torch.rand(1, channels, image_size, image_size))
+    assert size == features.shape[-2:]

@@ -11,6 +11,7 @@ necks never need to know the family. `StageFeatures` returns the maps of two sta
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import timm
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from embedlab.models.small_cnn import LOCAL_BACKBONES
 from embedlab.models.weights import load_local_weights
@@ -38,6 +40,22 @@ class Backbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return channels_first(self.model.forward_features(images), self.model)
+
+    def feature_map_size(self, channels: int, image_size: int) -> tuple[int, int]:
+        """(H, W) of the map for images of `channels` x `image_size`^2.
+
+        timm models state no map size per input size (a stride-32 network maps 299 pixels to 8 or to
+        10 by its padding), so the backbone's layers run on meta tensors, which carry shapes only:
+        nothing is computed, and no weight, batch-norm statistic or random generator is touched.
+        """
+        meta = {
+            name: torch.empty_like(tensor, device="meta")
+            for name, tensor in itertools.chain(self.named_parameters(), self.named_buffers())
+        }
+        # two images, as batch norm in training mode refuses one value per channel
+        images = torch.empty(2, channels, image_size, image_size, device="meta")
+        height, width = functional_call(self, meta, (images,)).shape[-2:]
+        return int(height), int(width)
 
 
 def channels_first(features: torch.Tensor, model: nn.Module) -> torch.Tensor:

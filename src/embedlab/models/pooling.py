@@ -3,6 +3,10 @@ and `flatten`, (B, C, H, W) -> (B, C*H*W), which keeps the layout (small fixed-s
 
 GeM (Radenovic et al., "Fine-tuning CNN Image Retrieval with No Human Annotation", TPAMI 2018):
 gem(x) = (mean over H, W of clamp(x, eps)^p)^(1/p); p = 1 is average pooling, p -> inf max pooling.
+
+Every pooling reports the width of what it returns, `output_features(in_features)` for a map of
+`in_features` channels (timm's `feat_mult` in `timm/layers/adaptive_avgmax_pool.py` does the same), so
+the embedder sizes the neck without running the network. `flatten` is built for the map's (H, W).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ class GeM(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return gem(features, self.p, self.eps)
 
+    def output_features(self, in_features: int) -> int:
+        return in_features
+
     def extra_repr(self) -> str:
         return f"p={self.p.item():.3f}, eps={self.eps}"
 
@@ -42,14 +49,32 @@ class AveragePool(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features.mean(dim=(-2, -1))
 
+    def output_features(self, in_features: int) -> int:
+        return in_features
+
 
 @POOLING.register(name="max")
 class MaxPool(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features.amax(dim=(-2, -1))
 
+    def output_features(self, in_features: int) -> int:
+        return in_features
+
 
 @POOLING.register(name="flatten")
 class Flatten(nn.Module):
+    """(B, C, H, W) -> (B, C*H*W) for the map size (H, W) it was built for."""
+
+    def __init__(self, map_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.map_size = (int(map_size[0]), int(map_size[1]))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features.flatten(1)
+
+    def output_features(self, in_features: int) -> int:
+        return in_features * self.map_size[0] * self.map_size[1]
+
+    def extra_repr(self) -> str:
+        return f"map_size={self.map_size}"
