@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedlab.models.pooling import Pooling
+
 
 def orthogonal_component(
     local_map: torch.Tensor, global_vector: torch.Tensor, eps: float = 1e-12
@@ -98,7 +100,7 @@ class DOLGHead(nn.Module):
         global_channels: int,
         local_dim: int,
         dilations: Sequence[int],
-        global_pooling: nn.Module,
+        global_pooling: Pooling,
     ) -> None:
         super().__init__()
         self.local_branch = nn.Sequential(

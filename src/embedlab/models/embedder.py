@@ -18,7 +18,7 @@ from embedlab.data.transforms import Preprocess
 from embedlab.models.backbones import Backbone, StageFeatures, create_backbone, create_stage_features
 from embedlab.models.dolg import DOLGHead
 from embedlab.models.necks import NECKS
-from embedlab.models.pooling import POOLING
+from embedlab.models.pooling import POOLING, Pooling
 
 #: Statistics for backbones trained from scratch: pixels in [0, 1] mapped to [-1, 1].
 NEUTRAL_MEAN, NEUTRAL_STD = 0.5, 0.5
@@ -77,7 +77,7 @@ def build_embedder(cfg: ModelConfig, channels: int, image_size: int) -> Embedder
     return Embedder(Preprocess(channels, image_size, mean, std), backbone, pooling, neck)
 
 
-def _pooling(cfg: ModelConfig, backbone: Backbone | None, channels: int, image_size: int) -> nn.Module:
+def _pooling(cfg: ModelConfig, backbone: Backbone | None, channels: int, image_size: int) -> Pooling:
     """The pooling `model.pooling` names, with what it takes from the model config or the backbone."""
     if cfg.pooling == "gem":
         return POOLING.build("gem", p=cfg.gem_p)

@@ -22,11 +22,19 @@ def gem(features: torch.Tensor, p: torch.Tensor | float, eps: float = 1e-6) -> t
     return features.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
 
 
-POOLING: Registry[nn.Module] = Registry("pooling")
+class Pooling(nn.Module):
+    """A pooling of (B, C, H, W) maps that keeps the width C; a subclass that changes it says so."""
+
+    def output_features(self, in_features: int) -> int:
+        """The width of the output for a map of `in_features` channels."""
+        return in_features
+
+
+POOLING: Registry[Pooling] = Registry("pooling")
 
 
 @POOLING.register(name="gem")
-class GeM(nn.Module):
+class GeM(Pooling):
     """GeM pooling whose exponent `p` is a learned parameter."""
 
     def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
@@ -37,33 +45,24 @@ class GeM(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return gem(features, self.p, self.eps)
 
-    def output_features(self, in_features: int) -> int:
-        return in_features
-
     def extra_repr(self) -> str:
         return f"p={self.p.item():.3f}, eps={self.eps}"
 
 
 @POOLING.register(name="avg")
-class AveragePool(nn.Module):
+class AveragePool(Pooling):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features.mean(dim=(-2, -1))
 
-    def output_features(self, in_features: int) -> int:
-        return in_features
-
 
 @POOLING.register(name="max")
-class MaxPool(nn.Module):
+class MaxPool(Pooling):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features.amax(dim=(-2, -1))
 
-    def output_features(self, in_features: int) -> int:
-        return in_features
-
 
 @POOLING.register(name="flatten")
-class Flatten(nn.Module):
+class Flatten(Pooling):
     """(B, C, H, W) -> (B, C*H*W) for the map size (H, W) it was built for."""
 
     def __init__(self, map_size: tuple[int, int]) -> None:
