@@ -1,6 +1,8 @@
 import pytest
+import timm
 import torch
 
+from embedlab.models import backbones
 from embedlab.models.backbones import create_backbone
 
 
@@ -27,9 +29,25 @@ def test_channels_last_family_is_permuted() -> None:
     assert features.shape == (1, backbone.num_features, 7, 7)
 
 
+@pytest.mark.parametrize("name", ["small_cnn", "small_resnet", "pml_mnist_example", "resnet18"])
+def test_every_backbone_is_built_by_timms_factory(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = []
+    timms_create_model = timm.create_model
+
+    def create_model(model_name: str, **kwargs: object) -> torch.nn.Module:
+        built.append(model_name)
+        return timms_create_model(model_name, **kwargs)
+
+    monkeypatch.setattr(backbones.timm, "create_model", create_model)
+    assert create_backbone(name, in_chans=1).num_features > 0
+    assert built == [name]
+
+
 def test_unknown_backbone_suggests_a_name() -> None:
     with pytest.raises(ValueError, match=r"unknown backbone 'resnet17'.*Did you mean"):
         create_backbone("resnet17", in_chans=3)
+    with pytest.raises(ValueError, match=r"Did you mean 'small_cnn'.*one of: small_cnn, small_resnet"):
+        create_backbone("smal_cnn", in_chans=1)
 
 
 def test_small_cnn_has_no_pretrained_weights() -> None:
@@ -73,3 +91,20 @@ def test_small_resnet_blocks_add_their_input() -> None:
 def test_small_resnet_names_mismatched_widths_and_blocks() -> None:
     with pytest.raises(ValueError, match=r"widths \[8, 16\], blocks \[1\]"):
         create_backbone("small_resnet", in_chans=1, kwargs={"widths": (8, 16), "blocks": (1,)})
+
+
+@pytest.mark.parametrize(
+    ("name", "channels", "image_size"),
+    [("small_cnn", 1, 28), ("pml_mnist_example", 1, 28), ("resnet18", 1, 57), ("inception_v3", 3, 139)],
+)
+def test_the_map_size_is_exact_and_touches_nothing(name: str, channels: int, image_size: int) -> None:
+    backbone = create_backbone(name, in_chans=channels)
+    state = {key: value.clone() for key, value in backbone.state_dict().items()}
+    generator_state = torch.random.get_rng_state()
+    size = backbone.feature_map_size(channels, image_size)
+    assert torch.equal(torch.random.get_rng_state(), generator_state)
+    assert all(torch.equal(value, state[key]) for key, value in backbone.state_dict().items())
+    assert backbone.training
+    with torch.no_grad():
+        features = backbone.eval()(torch.rand(1, channels, image_size, image_size))
+    assert size == features.shape[-2:]

@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 from embedlab.config import ModelConfig
 from embedlab.models import build_embedder
+from embedlab.models.pooling import POOLING
 
 
 def test_embeddings_are_unit_length_of_the_configured_size() -> None:
@@ -29,6 +31,22 @@ def test_flatten_and_linear_neck_rebuild_the_metric_learning_example_network() -
     cfg = ModelConfig(backbone="pml_mnist_example", pooling="flatten", neck="linear", embedding_dim=50)
     embedder = build_embedder(cfg, channels=1, image_size=28)
     assert embedder.neck.linear.in_features == 9216 and embedder.neck.linear.bias is not None
-    assert embedder.backbone.training  # measuring the flattened size left the training mode alone
+    assert all(module.training for module in embedder.modules())  # sizing the neck left the mode alone
     embeddings = embedder.eval()(torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8))
     assert embeddings.shape == (3, 50)
+
+
+@pytest.mark.parametrize("pooling", POOLING.names())
+@pytest.mark.parametrize(
+    ("backbone", "channels", "image_size"),
+    [("small_cnn", 1, 28), ("pml_mnist_example", 1, 28), ("small_resnet", 1, 20), ("resnet18", 3, 57)],
+)
+def test_the_pooling_reports_the_size_the_neck_receives(
+    pooling: str, backbone: str, channels: int, image_size: int
+) -> None:
+    cfg = ModelConfig(backbone=backbone, pooling=pooling)
+    embedder = build_embedder(cfg, channels=channels, image_size=image_size).eval()
+    images = torch.randint(0, 256, (2, channels, image_size, image_size), dtype=torch.uint8)
+    pooled = embedder.pooling(embedder.backbone(embedder.preprocess(images)))
+    reported = embedder.pooling.output_features(embedder.backbone.num_features)
+    assert pooled.shape == (2, reported) and embedder.neck.linear.in_features == reported

@@ -1,6 +1,9 @@
+import typing
+
 import pytest
 import torch
 
+from embedlab.config import ModelConfig
 from embedlab.models.pooling import POOLING, GeM, gem
 
 
@@ -26,8 +29,20 @@ def test_registry_builds_every_pooling() -> None:
     features = torch.rand(2, 3, 4, 4)
     for name in ("gem", "avg", "max"):
         assert POOLING.build(name)(features).shape == (2, 3)
+        assert POOLING.build(name).output_features(3) == 3
 
 
 def test_flatten_keeps_every_value_in_layout_order() -> None:
     features = torch.arange(24.0).view(2, 3, 2, 2)
-    assert torch.equal(POOLING.build("flatten")(features), features.view(2, 12))
+    flatten = POOLING.build("flatten", map_size=(2, 2))
+    assert torch.equal(flatten(features), features.view(2, 12))
+    assert flatten.output_features(3) == 12
+
+
+def test_flatten_needs_the_map_size() -> None:
+    with pytest.raises(TypeError, match="map_size"):
+        POOLING.build("flatten")
+
+
+def test_the_config_offers_exactly_the_registered_poolings() -> None:
+    assert sorted(typing.get_args(ModelConfig.model_fields["pooling"].annotation)) == POOLING.names()

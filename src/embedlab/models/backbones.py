@@ -1,5 +1,6 @@
-"""Backbones by name: any timm model, plus embedlab's `small_cnn`, `small_resnet` and `pml_mnist_example`
-(the network of pytorch-metric-learning's MNIST example) for 28x28 images.
+"""Backbones by name, all built by `timm.create_model`: any timm model, plus embedlab's `small_cnn`,
+`small_resnet` and `pml_mnist_example` (the network of pytorch-metric-learning's MNIST example) for
+28x28 images, which models/small_cnn.py registers with timm.
 
 Every backbone returns a feature map (B, C, H, W) and exposes `num_features` = C; transformer token
 outputs (B, L, C) and channels-last maps (B, H, W, C) are turned into that layout, so pooling and
@@ -10,24 +11,20 @@ necks never need to know the family. `StageFeatures` returns the maps of two sta
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 from torch import nn
+from torch.func import functional_call
 
-from embedlab.models.small_cnn import MetricLearningExampleNet, SmallCNN, SmallResNet
+from embedlab.models.small_cnn import LOCAL_BACKBONES
 from embedlab.models.weights import load_local_weights
-from embedlab.registry import check_arguments, close_matches_hint
-
-LOCAL_BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "small_cnn": SmallCNN,
-    "small_resnet": SmallResNet,
-    "pml_mnist_example": MetricLearningExampleNet,
-}
+from embedlab.registry import close_matches_hint
 
 
 class Backbone(nn.Module):
@@ -43,6 +40,22 @@ class Backbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return channels_first(self.model.forward_features(images), self.model)
+
+    def feature_map_size(self, channels: int, image_size: int) -> tuple[int, int]:
+        """(H, W) of the map for images of `channels` x `image_size`^2.
+
+        timm models state no map size per input size (a stride-32 network maps 299 pixels to 8 or to
+        10 by its padding), so the backbone's layers run on meta tensors, which carry shapes only:
+        nothing is computed, and no weight, batch-norm statistic or random generator is touched.
+        """
+        meta = {
+            name: torch.empty_like(tensor, device="meta")
+            for name, tensor in itertools.chain(self.named_parameters(), self.named_buffers())
+        }
+        # two images, as batch norm in training mode refuses one value per channel
+        images = torch.empty(2, channels, image_size, image_size, device="meta")
+        height, width = functional_call(self, meta, (images,)).shape[-2:]
+        return int(height), int(width)
 
 
 def channels_first(features: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -80,7 +93,7 @@ class StageFeatures(nn.Module):
 
 def _check_timm_name(name: str) -> None:
     if not timm.is_model(name):
-        valid = [*LOCAL_BACKBONES, *timm.list_models()]
+        valid = timm.list_models()
         raise ValueError(
             f"unknown backbone {name!r}.{close_matches_hint(name, valid)} "
             "Use a timm model name (timm.list_models()) or one of: " + ", ".join(LOCAL_BACKBONES)
@@ -90,7 +103,11 @@ def _check_timm_name(name: str) -> None:
 def _create_timm_model(
     name: str, in_chans: int, pretrained: bool, kwargs: Mapping[str, Any], **options: Any
 ) -> tuple[nn.Module, tuple[tuple, tuple] | None]:
-    """timm's model `name` with the user's `kwargs` and embedlab's `options`; its pretrained mean and std."""
+    """timm's model `name` with the user's `kwargs` and embedlab's `options`; its pretrained mean and std.
+
+    timm's create_model leaves out any argument set to None, so the model's default holds (for
+    embedlab's networks too).
+    """
     _check_timm_name(name)
     try:
         model = timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **options, **kwargs)
@@ -112,18 +129,10 @@ def create_backbone(
 ) -> Backbone:
     """Build backbone `name` for `in_chans` input channels, with timm or local weights when asked.
 
-    `kwargs` go to the model's constructor (timm's create_model for timm names); an argument the
-    model does not take is an error.
+    `kwargs` go to the model's constructor through timm's create_model; an argument the model does not
+    take is an error.
     """
-    kwargs = dict(kwargs or {})
-    if name in LOCAL_BACKBONES:
-        if pretrained:
-            raise ValueError(f"backbone {name!r} has no pretrained weights; set model.pretrained: false")
-        check_arguments(LOCAL_BACKBONES[name], kwargs, f"backbone {name!r}")
-        model = LOCAL_BACKBONES[name](in_chans=in_chans, **kwargs)
-        normalisation = None
-    else:
-        model, normalisation = _create_timm_model(name, in_chans, pretrained, kwargs, num_classes=0)
+    model, normalisation = _create_timm_model(name, in_chans, pretrained, dict(kwargs or {}), num_classes=0)
     if weights_path is not None:
         load_local_weights(model, weights_path)
     return Backbone(model, int(model.num_features), normalisation)

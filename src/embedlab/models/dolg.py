@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedlab.models.pooling import Pooling
+
 
 def orthogonal_component(
     local_map: torch.Tensor, global_vector: torch.Tensor, eps: float = 1e-12
@@ -88,7 +90,8 @@ class SpatialAttention(nn.Module):
 class DOLGHead(nn.Module):
     """(local map (B, C_l, H_l, W_l), last map (B, C_g, H_g, W_g)) -> fused vector (B, 2 * local_dim).
 
-    `global_pooling` pools the last map (B, C_g, H_g, W_g) -> (B, C_g), GeM in the paper.
+    `global_pooling` pools the last map (B, C_g, H_g, W_g) -> (B, global_pooling.output_features(C_g)),
+    GeM in the paper.
     """
 
     def __init__(
@@ -97,14 +100,14 @@ class DOLGHead(nn.Module):
         global_channels: int,
         local_dim: int,
         dilations: Sequence[int],
-        global_pooling: nn.Module,
+        global_pooling: Pooling,
     ) -> None:
         super().__init__()
         self.local_branch = nn.Sequential(
             MultiAtrousBlock(local_channels, local_dim, dilations), SpatialAttention(local_dim)
         )
         self.global_pooling = global_pooling
-        self.global_projection = nn.Linear(global_channels, local_dim)
+        self.global_projection = nn.Linear(global_pooling.output_features(global_channels), local_dim)
         self.out_features = 2 * local_dim
 
     def forward(self, stages: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -18,7 +18,7 @@ from embedlab.data.transforms import Preprocess
 from embedlab.models.backbones import Backbone, StageFeatures, create_backbone, create_stage_features
 from embedlab.models.dolg import DOLGHead
 from embedlab.models.necks import NECKS
-from embedlab.models.pooling import POOLING
+from embedlab.models.pooling import POOLING, Pooling
 
 #: Statistics for backbones trained from scratch: pixels in [0, 1] mapped to [-1, 1].
 NEUTRAL_MEAN, NEUTRAL_STD = 0.5, 0.5
@@ -72,22 +72,26 @@ def build_embedder(cfg: ModelConfig, channels: int, image_size: int) -> Embedder
         return _build_dolg_embedder(cfg, channels, image_size)
     backbone = create_backbone(cfg.backbone, channels, cfg.pretrained, cfg.weights_path, cfg.backbone_args)
     mean, std = _normalisation(backbone, channels)
-    pooling = _pooling(cfg)
-    preprocess = Preprocess(channels, image_size, mean, std)
-    pooled_features = backbone.num_features
+    pooling = _pooling(cfg, backbone, channels, image_size)
+    neck = _neck(cfg, pooling.output_features(backbone.num_features))
+    return Embedder(Preprocess(channels, image_size, mean, std), backbone, pooling, neck)
+
+
+def _pooling(cfg: ModelConfig, backbone: Backbone | None, channels: int, image_size: int) -> Pooling:
+    """The pooling `model.pooling` names, with what it takes from the model config or the backbone."""
+    if cfg.pooling == "gem":
+        return POOLING.build("gem", p=cfg.gem_p)
     if cfg.pooling == "flatten":
-        # the flattened size depends on the input size: measure it once
-        with torch.no_grad():
-            was_training = backbone.training
-            probe = backbone.eval()(preprocess(torch.zeros(1, channels, image_size, image_size)))
-            backbone.train(was_training)
-        pooled_features = int(probe[0].numel())
-    neck = NECKS[cfg.neck](pooled_features, cfg.embedding_dim, cfg.dropout)
-    return Embedder(preprocess, backbone, pooling, neck)
+        # the config refuses flatten with the DOLG head, the one caller without a Backbone
+        assert backbone is not None
+        return POOLING.build("flatten", map_size=backbone.feature_map_size(channels, image_size))
+    return POOLING.build(cfg.pooling)
 
 
-def _pooling(cfg: ModelConfig) -> nn.Module:
-    return POOLING.build("gem", p=cfg.gem_p) if cfg.pooling == "gem" else POOLING.build(cfg.pooling)
+def _neck(cfg: ModelConfig, in_features: int) -> nn.Module:
+    return NECKS.build(
+        cfg.neck, in_features=in_features, embedding_dim=cfg.embedding_dim, dropout=cfg.dropout
+    )
 
 
 def _build_dolg_embedder(cfg: ModelConfig, channels: int, image_size: int) -> Embedder:
@@ -96,7 +100,11 @@ def _build_dolg_embedder(cfg: ModelConfig, channels: int, image_size: int) -> Em
     )
     mean, std = _normalisation(stages, channels)
     head = DOLGHead(
-        stages.local_channels, stages.global_channels, cfg.dolg.local_dim, cfg.dolg.dilations, _pooling(cfg)
+        stages.local_channels,
+        stages.global_channels,
+        cfg.dolg.local_dim,
+        cfg.dolg.dilations,
+        _pooling(cfg, None, channels, image_size),
     )
-    neck = NECKS[cfg.neck](head.out_features, cfg.embedding_dim, cfg.dropout)
+    neck = _neck(cfg, head.out_features)
     return Embedder(Preprocess(channels, image_size, mean, std), stages, head, neck)

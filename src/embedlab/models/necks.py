@@ -9,7 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from embedlab.registry import Registry
 
+NECKS: Registry[nn.Module] = Registry("neck")
+
+
+@NECKS.register(name="bn")
 class LinearBatchNormNeck(nn.Module):
     """Dropout -> Linear(C, D) -> BatchNorm1d(D); the BN-neck of re-identification baselines."""
 
@@ -23,6 +28,7 @@ class LinearBatchNormNeck(nn.Module):
         return self.norm(self.linear(self.dropout(pooled)))
 
 
+@NECKS.register(name="linear")
 class LinearNeck(nn.Module):
     """Dropout -> Linear(C, D) with a bias."""
 
@@ -33,9 +39,3 @@ class LinearNeck(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.linear(self.dropout(pooled))
-
-
-NECKS: dict[str, type[LinearBatchNormNeck] | type[LinearNeck]] = {
-    "bn": LinearBatchNormNeck,
-    "linear": LinearNeck,
-}

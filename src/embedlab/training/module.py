@@ -23,6 +23,7 @@ from embedlab.data.transforms import augment
 from embedlab.models.embedder import Embedder
 from embedlab.training.distributed import gather_global_batch
 from embedlab.training.objective import Objective
+from embedlab.training.optimizers import build_optimizer
 
 
 class NonFiniteLossError(RuntimeError):
@@ -154,13 +155,7 @@ class EmbeddingModule(L.LightningModule):
         for parameters, lr in self.loss_parameter_groups:
             groups.append({"params": parameters, "weight_decay": 0.0, "lr": lr or head_lr})
         groups = [g for g in groups if g["params"]]
-        optimizer: torch.optim.Optimizer
-        if settings.name == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=True)
-        elif settings.name == "adam":
-            optimizer = torch.optim.Adam(groups, lr=settings.lr)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=settings.lr)
+        optimizer = build_optimizer(settings, groups)
 
         schedule = self.scheduler_settings
         if schedule.name == "constant" and schedule.warmup_epochs == 0:
