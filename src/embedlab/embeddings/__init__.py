@@ -1,1 +1,2 @@
-"""Embeddings on disk: shards written by `embedlab embed`, read one at a time."""
+"""Embeddings: the one embedding pipeline (models, ensemble members, test-time views) that evaluation,
+indexing and serving share, and the shard files `embedlab embed` writes, read one at a time."""

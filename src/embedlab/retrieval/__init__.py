@@ -3,7 +3,7 @@
 Modules: `arrays` (input checks), `exclusions` (what each query must not see), `threads`, `topk` (the
 tie rule), `exact` (exact search), `faiss_index` (faiss indexes from one spec, sharded or not), `search`
 (exact or approximate kNN), `recall` (an index's recall against exact search); post-processing:
-`expansion`, `reranking`, `whitening`, `ensemble`.
+`postprocessing` (the step registry over `expansion`, `reranking`, `whitening`), `ensemble`.
 """
 
 from embedlab.retrieval.arrays import SimilarityMetric, l2_normalize, prepare_embeddings

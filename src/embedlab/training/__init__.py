@@ -1,1 +1,2 @@
-"""Training on the Lightning Trainer: the module, callbacks, run folders, `fit` and `compare`."""
+"""Training on the Lightning Trainer: the module, callbacks, optimizers, run folders, the validation
+problem, and `fit`."""
