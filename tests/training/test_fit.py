@@ -150,3 +150,30 @@ def test_channels_last_trains_in_that_format_and_reloads_like_any_run(tmp_path) 
     images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
     assert run.embedder(images).shape == (3, 32)
     assert 0.0 <= result.metrics["precision_at_1"] <= 1.0
+
+
+@pytest.mark.parametrize("gallery", ["train", "validation"])
+def test_a_validation_split_without_positives_is_refused_before_the_first_step(
+    tmp_path, make_image_folder, monkeypatch, gallery
+) -> None:
+    from embedlab.training.module import EmbeddingModule
+
+    root = make_image_folder(tmp_path / "images", classes=6, per_class=3, size=12)
+    table = tmp_path / "photos.csv"
+    with table.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "label", "split"])
+        for image in sorted(root.rglob("*.png")):
+            # identities 3-5 appear once each in validation: no query has another image of its own
+            singleton = image.parent.name in ("id_3", "id_4", "id_5") and image.stem == "0"
+            held_out = image.parent.name in ("id_3", "id_4", "id_5")
+            if held_out and not singleton:
+                continue
+            writer.writerow([str(image), image.parent.name, "validation" if singleton else "train"])
+    cfg, _ = load_config(
+        None,
+        [f"data.dataset={table}", f"data.gallery={gallery}", "train.batch_size=4", "model.embedding_dim=8"],
+    )
+    monkeypatch.setattr(EmbeddingModule, "training_step", lambda *a: pytest.fail("a step ran"))
+    with pytest.raises(ValueError, match="no validation query has a positive: each of the 3 queries"):
+        fit(cfg, tmp_path / "run", progress=False)

@@ -20,8 +20,10 @@ import numpy as np
 
 from embedlab.evaluation.engine import evaluate_retrieval
 from embedlab.evaluation.files import EmbeddingFiles
+from embedlab.evaluation.labels import LabelIndex, positive_counts
 from embedlab.evaluation.results import RetrievalResult
 from embedlab.retrieval.arrays import as_embedding_matrix
+from embedlab.retrieval.exclusions import make_exclusions
 from embedlab.retrieval.postprocessing import Sides, StepConfig, apply_step, build_steps
 
 
@@ -104,6 +106,13 @@ class RetrievalProblem:
             "query_groups": self.query_groups,
             "gallery_groups": self.gallery_groups,
         }
+
+    def positive_counts(self) -> np.ndarray:
+        """R of each query (Nq,): the gallery items of its label, less those hidden from it."""
+        labels = LabelIndex.build(np.asarray(self.gallery_labels))
+        codes = labels.codes_of(np.asarray(self.query_labels))
+        exclusions = make_exclusions(len(self.queries), len(self.gallery), **self.exclusions())
+        return positive_counts(codes, labels, exclusions, 0, len(self.queries))
 
     def score(self, metrics: Sequence[str], rescore: Any = None) -> RetrievalResult:
         if self.gallery is self.queries:

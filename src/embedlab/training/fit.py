@@ -45,6 +45,7 @@ from embedlab.training.run_dir import (
     atomic_write_text,
     write_json,
 )
+from embedlab.training.validation import check_validation_has_positives
 from embedlab.versions import package_versions
 
 
@@ -134,6 +135,7 @@ def fit(
 
     resumed_epoch = None if resume_from is None else int(load_torch_file(resume_from)["epoch"])
     data = prepare_data(cfg.data)
+    check_validation_has_positives(data.query, data.gallery)
     embedder = build_embedder(cfg.model, data.channels, data.image_size)
     if cfg.train.channels_last:
         embedder = embedder.to(memory_format=torch.channels_last)

@@ -52,3 +52,18 @@ def score_validation(
 ) -> RetrievalResult:
     """Metrics of the validation problem (see `validation_problem`)."""
     return validation_problem(query_embeddings, gallery_embeddings, query, gallery).score(metrics)
+
+
+def check_validation_has_positives(query: LabelledImages, gallery: LabelledImages | None) -> None:
+    """Raise ValueError, before any training, when no validation query has a positive to find (every
+    metric would be undefined after the first epoch)."""
+    placeholder = np.zeros((len(query), 1), dtype=np.float32)
+    other = None if gallery is None else np.zeros((len(gallery), 1), dtype=np.float32)
+    counts = validation_problem(placeholder, other, query, gallery).positive_counts()
+    if not (counts > 0).any():
+        searched = "the training images" if gallery is not None else "the validation set itself"
+        raise ValueError(
+            f"no validation query has a positive: each of the {counts.size} queries ({query.name}) is the "
+            f"only image of its identity in what it searches ({searched}, less itself and its group); "
+            "give identities at least two validation images, or use data.validation.split=images"
+        )
