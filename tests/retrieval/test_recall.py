@@ -37,7 +37,7 @@ def test_approximate_recall_of_hnsw_and_ivf(method: str) -> None:
     rng = np.random.default_rng(6)
     x = rng.standard_normal((300, 16)).astype(np.float32)
     recall = approximate_recall(x, x, 10, method=method, sample_size=100, exclude_self=True)
-    assert recall.method == method and recall.k == 10 and recall.n_sampled_queries == 100
+    assert recall.method == method and recall.k == 10 and recall.n_queries == 100
     # Small, well-spread data: both indexes find nearly everything exact search does.
     assert 0.8 <= recall.recall <= 1.0
 

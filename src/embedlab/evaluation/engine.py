@@ -46,8 +46,7 @@ from embedlab.retrieval.arrays import SimilarityMetric, check_choice
 from embedlab.retrieval.exact import DEFAULT_MAX_MEMORY_BYTES, iter_similarity_blocks
 from embedlab.retrieval.exclusions import Exclusions, make_exclusions, sampled_exclusions
 from embedlab.retrieval.faiss_index import IndexOptions, build_index
-from embedlab.retrieval.recall import RecallRecord as ApproximateRecall
-from embedlab.retrieval.recall import measure_recall
+from embedlab.retrieval.recall import RecallRecord, measure_recall
 from embedlab.retrieval.search import SEARCH_METHODS, SearchMethod, iter_neighbour_blocks
 from embedlab.retrieval.threads import default_num_threads
 
@@ -102,7 +101,7 @@ def _evaluate_prepared(
     n_queries = queries.shape[0]
     values = {spec.name: np.zeros(n_queries) for spec in options.specs}
     n_positives = np.zeros(n_queries, dtype=np.int64)
-    search_recall: ApproximateRecall | None = None
+    search_recall: RecallRecord | None = None
 
     def score(start: int, stop: int, ranks: np.ndarray) -> None:
         for spec in options.specs:
@@ -190,7 +189,7 @@ def _aggregate(
     n_positives: np.ndarray,
     query_labels: np.ndarray,
     options: EvaluationOptions,
-    search_recall: ApproximateRecall | None,
+    search_recall: RecallRecord | None,
 ) -> RetrievalResult:
     """Average per-query values (METRICS.md, "Averaging") and assert they lie in [0, 1]."""
     without = n_positives == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from embedlab.retrieval.recall import RecallRecord as ApproximateRecall
+from embedlab.retrieval.recall import RecallRecord
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class RetrievalResult:
     n_queries: int
     n_queries_without_positives: int
     per_class: dict[int, dict[str, float]] | None = None
-    search_recall: ApproximateRecall | None = field(default=None)
+    search_recall: RecallRecord | None = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the metrics, n_queries and n_queries_without_positives (plus per_class with string
@@ -38,7 +38,7 @@ class RetrievalResult:
             out["search_recall"] = {
                 "method": self.search_recall.method,
                 "k": self.search_recall.k,
-                "n_sampled_queries": self.search_recall.n_sampled_queries,
+                "n_sampled_queries": self.search_recall.n_queries,
                 "recall": self.search_recall.recall,
             }
         return out

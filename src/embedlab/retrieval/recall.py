@@ -33,11 +33,6 @@ class RecallRecord(BaseModel):
     recall: float = Field(ge=0.0, le=1.0)
     method: IndexKind | None = Field(None, exclude=True)
 
-    @property
-    def n_sampled_queries(self) -> int:
-        """n_queries, under the name evaluation results report it by."""
-        return self.n_queries
-
 
 def recall_at_k(approximate_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     """|approximate top-k ∩ exact top-k| summed over queries / |exact top-k| summed (ids -1 ignored)."""
