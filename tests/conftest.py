@@ -352,6 +352,22 @@ class Server:
             self.process.wait()
 
 
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[[Path], Server]]:
+    """start_server(index_dir) -> a `Server` of its own over index_dir, answering; stopped after the test."""
+    started: list[Server] = []
+
+    def start(index_dir: Path) -> Server:
+        server = Server(index_dir, tmp_path / f"server-{len(started)}.log")
+        started.append(server)
+        server.wait_until_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
 HERE = Path(__file__).parent / "serving"
 SERVER_WANTED = pytest.StashKey[bool]()
 

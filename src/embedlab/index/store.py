@@ -179,6 +179,16 @@ def _swap_in(incoming: Path, index_dir: Path) -> None:
         _fsync_path(index_dir.parent)
 
 
+def folder_stamp(index_dir: str | Path) -> tuple[int, int, int, int] | None:
+    """What every write changes, read with one stat: the device, inode, mtime and size of the manifest
+    (each write swaps in a new folder with a new manifest file); None while there is no manifest."""
+    try:
+        info = os.stat(Path(index_dir) / MANIFEST_FILE)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+
+
 def is_index_dir(path: Path) -> bool:
     return (path / MANIFEST_FILE).is_file()
 
