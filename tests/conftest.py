@@ -1,6 +1,7 @@
-"""Shared fixtures: tiny image folders and CSVs made on the fly, quick configs, and the deployment of the
-serving tests (one tiny trained run, its gallery index, a server process on a free port, hostile image
-bytes: a decompression bomb, a truncated JPEG)."""
+"""Shared fixtures: tiny image folders and CSVs made on the fly, quick configs, forked processes (alone or
+several `embedlab` commands at once), and the deployment of the serving tests (one tiny trained run, its
+gallery index, a server process on a free port, hostile image bytes: a decompression bomb, a truncated
+JPEG)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
+import textwrap
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -142,6 +145,75 @@ def start_forked() -> Callable[..., multiprocessing.Process]:
         return process
 
     return start
+
+
+#: `embedlab ARGV` in a forked process, its output in LOG. Before embedding, every process waits until all
+#: PARTIES have reached that point or WAIT_S have passed since the first did. So index writers without a
+#: lock held across their read-embed-write all read the index before any writes it (the lost update is
+#: certain, not a race), while with the lock the first waits alone (the others are blocked before they
+#: read) and the later ones find the time passed.
+TOGETHER = textwrap.dedent(
+    """
+    import os, time
+    from pathlib import Path
+
+    from embedlab.cli import app
+    from embedlab.index import search
+
+    log = os.open(LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    barrier, embed_images = Path(BARRIER), search.Searcher.embed_images
+
+    def embed_at_the_barrier(self, *args, **kwargs):
+        (barrier / NAME).touch()
+        while len(arrived := list(barrier.iterdir())) < PARTIES:
+            if time.time() > min(path.stat().st_mtime for path in arrived) + WAIT_S:
+                break
+            time.sleep(0.02)
+        return embed_images(self, *args, **kwargs)
+
+    search.Searcher.embed_images = embed_at_the_barrier
+    app(ARGV, prog_name="embedlab")
+    """
+)
+
+
+@pytest.fixture
+def run_together(
+    start_forked: Callable[..., multiprocessing.Process], tmp_path: Path
+) -> Callable[..., list[str]]:
+    """run_together([argv, ...]) runs `embedlab ARGV` for each argv in processes started together (see
+    TOGETHER), checks that each exits with 0, and returns their outputs in the same order."""
+
+    def run(argvs: list[list[str]]) -> list[str]:
+        folder = Path(tempfile.mkdtemp(prefix="together-", dir=tmp_path))
+        script, barrier = folder / "command.py", folder / "barrier"
+        script.write_text(TOGETHER)
+        barrier.mkdir()
+        logs = [folder / f"{n}.log" for n in range(len(argvs))]
+        processes = [
+            start_forked(
+                script,
+                ARGV=argv,
+                LOG=str(log),
+                BARRIER=str(barrier),
+                NAME=str(n),
+                PARTIES=len(argvs),
+                WAIT_S=3.0,
+            )
+            for n, (argv, log) in enumerate(zip(argvs, logs, strict=True))
+        ]
+        for process in processes:
+            process.join(timeout=180)
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+        outputs = [log.read_text() if log.exists() else "" for log in logs]
+        assert [p.exitcode for p in processes] == [0] * len(processes), outputs
+        return outputs
+
+    return run
 
 
 @pytest.fixture
@@ -278,6 +350,22 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[[Path], Server]]:
+    """start_server(index_dir) -> a `Server` of its own over index_dir, answering; stopped after the test."""
+    started: list[Server] = []
+
+    def start(index_dir: Path) -> Server:
+        server = Server(index_dir, tmp_path / f"server-{len(started)}.log")
+        started.append(server)
+        server.wait_until_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 HERE = Path(__file__).parent / "serving"

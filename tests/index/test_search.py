@@ -1,8 +1,11 @@
-"""Search with the model that built the index; any other model is refused with a clear error."""
+"""Search with the model that built the index; any other model is refused with a clear error. A reloading
+searcher follows its folder as writers replace it."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +16,8 @@ import yaml
 
 from embedlab.config import ModelConfig
 from embedlab.data.decoding import ImageRejectedError
-from embedlab.index.search import ModelMismatchError, open_searcher
+from embedlab.index.search import ModelMismatchError, ReloadingSearcher, open_searcher
+from embedlab.index.store import load_index
 from embedlab.models.embedder import build_embedder
 
 
@@ -86,3 +90,67 @@ def test_an_identical_copy_of_the_run_is_accepted(deployment, tmp_path: Path) ->
     copy = copy_run(deployment.run_dir, tmp_path / "moved")
     searcher = open_searcher(deployment.index_dir, run_dir=copy)
     assert len(searcher.index) == 36
+
+
+@pytest.fixture
+def index_copy(deployment, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(deployment.index_dir, tmp_path / "index"))
+
+
+def test_a_reloading_searcher_follows_adds_and_calibrations(
+    deployment, index_copy: Path, tmp_path: Path
+) -> None:
+    from embedlab.pipelines.index import add_to_gallery_index
+    from embedlab.serving.calibrate import calibrate_index
+
+    reloading = ReloadingSearcher(index_copy)
+    first = reloading.current()
+    assert reloading.current() is first and len(first.index) == 36  # nothing written: the same searcher
+    new = sorted((deployment.new_identities / "whale_x").glob("*.png"))
+    add_to_gallery_index(index_copy, new, progress=False)
+    grown = reloading.current()
+    assert len(grown.index) == 39 and len(first.index) == 36  # a request holding `first` keeps its index
+    assert grown.pipeline is first.pipeline  # the same model: not loaded again
+    (found,) = grown.search_files([new[2]], 1)
+    assert (found.hits[0].id, found.hits[0].label) == (38, "whale_x")
+    assert reloading.current() is grown
+    calibrate_index(index_copy, target_fmr=0.1, progress=False)
+    calibrated = reloading.current()
+    assert calibrated.threshold == load_index(index_copy).manifest.open_set.threshold  # type: ignore[union-attr]
+    assert calibrated.threshold != first.threshold and len(calibrated.index) == 39
+
+
+def test_a_reloading_searcher_loads_another_model_with_an_index_rebuilt_by_it(
+    deployment, index_copy: Path, tmp_path: Path
+) -> None:
+    from embedlab.pipelines.index import build_gallery_index
+
+    reloading = ReloadingSearcher(index_copy)
+    first = reloading.current()
+    other = copy_run(deployment.run_dir, tmp_path / "other", nudge=True)
+    build_gallery_index(other, [deployment.new_identities], index_copy, force=True, progress=False)
+    rebuilt = reloading.current()
+    assert len(rebuilt.index) == 6 and rebuilt.pipeline is not first.pipeline
+    (found,) = rebuilt.search_files([deployment.new_identities / "whale_y" / "1.png"], 1)
+    assert found.hits[0].label == "whale_y" and found.hits[0].score == pytest.approx(1, abs=1e-5)
+
+
+def test_a_reloading_searcher_keeps_its_index_while_the_folder_is_missing_or_broken(
+    index_copy: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reloading = ReloadingSearcher(index_copy)
+    first = reloading.current()
+    # between a writer's two renames there is no folder: nothing to load yet
+    os.replace(index_copy, tmp_path / "aside")
+    assert reloading.current() is first
+    os.replace(tmp_path / "aside", index_copy)
+    assert reloading.current() is first
+    # a folder that fails its checks is logged once and not served
+    items = index_copy / "items.jsonl"
+    items.write_text("".join(items.read_text().splitlines(keepends=True)[:30]))
+    manifest = index_copy / "manifest.json"
+    manifest.write_text(manifest.read_text() + "\n")  # a new stamp, as a write would leave
+    with caplog.at_level(logging.WARNING, logger="embedlab.index.search"):
+        assert reloading.current() is first and reloading.current() is first
+    (warning,) = caplog.records
+    assert "cannot be loaded" in warning.getMessage() and "items.jsonl rows: 30" in warning.getMessage()

@@ -158,4 +158,5 @@ def test_a_build_killed_mid_write_leaves_the_previous_index(gallery_shards, tmp_
     assert (tmp_path / ".index.incoming").is_dir(), "the kill should leave the half-written index"
     previous = load_index(out)  # the load also clears the leftovers
     assert previous.manifest.faiss.shards == 1 and len(previous) == 36
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index", "killed.py"]
+    # the writers' lock file stays beside the index (the kill released the lock itself)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".index.lock", "index", "killed.py"]

@@ -1,7 +1,9 @@
-"""The index folder: faiss kinds, round trips, growth, refusals, and crash safety of the folder swap."""
+"""The index folder: faiss kinds, round trips, growth, refusals, crash safety of the folder swap, and the
+writers' lock."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -22,7 +24,7 @@ from embedlab.index.manifest import (
     SourceRecord,
     choose_kind,
 )
-from embedlab.index.store import load_index, write_index
+from embedlab.index.store import load_index, write_index, writer_lock
 
 DIM = 8
 
@@ -302,3 +304,62 @@ def test_manifest_steps_are_checked_by_the_steps_themselves(tmp_path: Path) -> N
     path.write_text(json.dumps(payload))
     with pytest.raises(ValueError, match="k must be a whole number >= 1"):
         load_index(tmp_path / "index")
+
+
+def writer_lock_is_free(index_dir: Path) -> bool:
+    """Whether another open of the writers' lock file could take it now (without waiting)."""
+    descriptor = os.open(index_dir.parent / f".{index_dir.name}.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)
+    return True
+
+
+def test_the_writer_lock_is_held_inside_and_released_on_every_exit(tmp_path: Path) -> None:
+    target = tmp_path / "index"
+    write_index(make_index(5), target)
+    with writer_lock(target):
+        assert not writer_lock_is_free(target)
+        # the folder lock of a load and a write, taken inside, is another lock: neither waits for it
+        source = SourceRecord(source="more", items=1, added_at="now")
+        write_index(
+            load_index(target).extended([GalleryItem("/more/0.png", "new")], unit_rows(1, 3), source),
+            target,
+            replace=True,
+        )
+    assert writer_lock_is_free(target) and len(load_index(target)) == 6
+    with pytest.raises(RuntimeError, match="failed inside"), writer_lock(target):
+        raise RuntimeError("failed inside")
+    assert writer_lock_is_free(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".index.lock", "index"]
+
+
+def test_a_writer_lock_on_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"), writer_lock(tmp_path / "no" / "index"):
+        pass
+    assert not (tmp_path / "no").exists()
+
+
+HOLD_AND_DIE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from embedlab.index.store import writer_lock
+
+    with writer_lock(sys.argv[1]):
+        print("holding", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_a_killed_writer_releases_the_writer_lock(tmp_path: Path) -> None:
+    target = tmp_path / "index"
+    write_index(make_index(5), target)
+    killed = subprocess.run(
+        [sys.executable, "-c", HOLD_AND_DIE, str(target)], capture_output=True, text=True, timeout=120
+    )
+    assert killed.returncode == -9 and killed.stdout == "holding\n", killed.stderr
+    assert writer_lock_is_free(target)

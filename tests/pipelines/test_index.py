@@ -1,14 +1,18 @@
-"""Building an index from a folder, a CSV or files, and growing it with `add`."""
+"""Building an index from a folder, a CSV or files, and growing it with `add`, also from several
+processes at once."""
 
 from __future__ import annotations
 
 import csv
+import re
+import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from embedlab.index.search import open_searcher
+from embedlab.index.search import Searcher, open_searcher
 from embedlab.index.store import load_index
 from embedlab.pipelines.index import add_to_gallery_index, build_gallery_index, read_gallery
 
@@ -87,3 +91,73 @@ def test_build_refuses_to_overwrite_without_force(deployment, tmp_path: Path) ->
         deployment.run_dir, [deployment.gallery], index_dir, force=True, progress=False
     )
     assert len(rebuilt) == len(load_index(index_dir)) == 36
+
+
+def held(outputs: list[str]) -> list[int]:
+    return [int(re.search(r"holds (\d+)", output).group(1)) for output in outputs]  # type: ignore[union-attr]
+
+
+def test_concurrent_adds_of_different_images_keep_every_image_once(
+    deployment, tmp_path: Path, run_together, make_image_folder
+) -> None:
+    index_dir = tmp_path / "index"
+    shutil.copytree(deployment.index_dir, index_dir)
+    before = [item.path for item in load_index(index_dir).items]
+    image_sets = [
+        sorted(make_image_folder(tmp_path / f"set{n}", classes=2, per_class=2, size=16).rglob("*.png"))
+        for n in range(3)
+    ]
+    outputs = run_together([["index", "add", str(index_dir), *map(str, images)] for images in image_sets])
+    # one after another: each add found the previous one's images and printed the size it left
+    assert sorted(held(outputs)) == [40, 44, 48], outputs
+    paths = [item.path for item in load_index(index_dir).items]
+    assert len(paths) == 48 and len(set(paths)) == 48
+    assert set(paths) == set(before) | {str(path.resolve()) for images in image_sets for path in images}
+    assert paths[:36] == before
+
+
+def test_concurrent_adds_of_the_same_images_add_them_once(
+    deployment, tmp_path: Path, run_together, make_image_folder
+) -> None:
+    index_dir = tmp_path / "index"
+    shutil.copytree(deployment.index_dir, index_dir)
+    images = sorted(make_image_folder(tmp_path / "same", classes=1, per_class=3, size=16).rglob("*.png"))
+    outputs = run_together([["index", "add", str(index_dir), *map(str, images)]] * 3)
+    assert held(outputs) == [39] * 3
+    assert sorted(output.strip().split(";")[0] for output in outputs) == [
+        "added 0 images (skipped 3 already indexed)",
+        "added 0 images (skipped 3 already indexed)",
+        "added 3 images",
+    ]
+    paths = [item.path for item in load_index(index_dir).items]
+    assert len(paths) == 39 and paths[36:] == [str(path.resolve()) for path in images]
+
+
+def test_the_writer_lock_is_released_when_an_add_fails(
+    deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_image_folder
+) -> None:
+    index_dir = tmp_path / "index"
+    shutil.copytree(deployment.index_dir, index_dir)
+    images = sorted(make_image_folder(tmp_path / "more", classes=1, per_class=2, size=16).rglob("*.png"))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("embedding failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Searcher, "embed_images", broken)
+        with pytest.raises(RuntimeError, match="embedding failed"):
+            add_to_gallery_index(index_dir, images, progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        add_to_gallery_index(index_dir, [tmp_path / "missing.png"], progress=False)
+    assert (
+        add_to_gallery_index(index_dir, [deployment.gallery / "whale_a" / "0.png"], progress=False).added == 0
+    )
+    # after a failure, an early return and a success: another add takes the lock without waiting
+    results = []
+    adding = threading.Thread(
+        target=lambda: results.append(add_to_gallery_index(index_dir, images, progress=False)), daemon=True
+    )
+    adding.start()
+    adding.join(timeout=120)
+    assert not adding.is_alive(), "the add after a failed one still waits for the writers' lock"
+    assert results[0].added == 2 and len(load_index(index_dir)) == 38

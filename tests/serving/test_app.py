@@ -1,8 +1,14 @@
-"""The HTTP API over a real socket: `embedlab serve` runs as its own process on a free port."""
+"""The HTTP API over a real socket: `embedlab serve` runs as its own process on a free port; it follows its
+index as `embedlab index add` grows it (also the app in process, searched while two adds write)."""
 
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,9 +18,12 @@ import pytest
 from PIL import Image
 
 from embedlab.embeddings.encoder import EmbeddingPipeline
-from embedlab.index.search import Searcher
+from embedlab.index.search import ReloadingSearcher, Searcher
 from embedlab.index.store import load_index
+from embedlab.serving.app import create_app
 from embedlab.training.run_dir import load_run
+
+EMBEDLAB = shutil.which("embedlab", path=str(Path(sys.executable).parent)) or "embedlab"
 
 
 def _post(server, data: bytes, filename: str = "query.png", **form: str) -> httpx.Response:
@@ -208,3 +217,75 @@ def test_a_query_of_any_size_and_mode_is_searched(server) -> None:
     for data in (grey.getvalue(), _png(3, (220, 40, 40))):
         response = _post(server, data, k="3")
         assert response.status_code == 200 and len(response.json()["results"]) == 3
+
+
+def test_the_app_answers_with_the_index_as_other_processes_grow_it(
+    deployment, tmp_path: Path, run_together, make_image_folder
+) -> None:
+    """Searches keep being answered while two `index add` processes write; each answer is whole (its
+    hits' images are served), and once they are done the grown index is searched and served."""
+    from starlette.testclient import TestClient
+
+    index_dir = Path(shutil.copytree(deployment.index_dir, tmp_path / "index"))
+    image_sets = [
+        sorted(make_image_folder(tmp_path / f"set{n}", classes=1, per_class=3, size=16).rglob("*.png"))
+        for n in range(2)
+    ]
+    query = deployment.gallery / "whale_d" / "5.png"
+    with TestClient(create_app(ReloadingSearcher(index_dir))) as client:
+        assert client.get("/healthz").json()["items"] == 36
+        assert client.get("/items/36/image").status_code == 404
+        adding = threading.Thread(
+            target=run_together,
+            args=([["index", "add", str(index_dir), *map(str, images)] for images in image_sets],),
+            daemon=True,
+        )
+        adding.start()
+        sizes = []
+        while adding.is_alive() or not sizes:
+            response = client.post(
+                "/search", files={"file": ("q.png", query.read_bytes())}, data={"k": "100"}
+            )
+            assert response.status_code == 200, response.text
+            hits = response.json()["results"]
+            assert len(hits) in (36, 39, 42) and len({hit["id"] for hit in hits}) == len(hits)
+            assert client.get(hits[-1]["image_url"]).status_code == 200
+            sizes.append(len(hits))
+            time.sleep(0.02)  # leave the adding processes some of the cores
+        adding.join(timeout=5)
+        assert sizes == sorted(sizes)  # once the grown index is served, never the older one again
+        health = client.get("/healthz").json()
+        assert (
+            health["items"] == 42 and health["threshold"] == load_index(index_dir).manifest.open_set.threshold
+        )
+        items = load_index(index_dir).items
+        assert {item.path for item in items[36:]} == {
+            str(p.resolve()) for images in image_sets for p in images
+        }
+        for item_id in range(36, 42):
+            image = client.get(f"/items/{item_id}/image")
+            assert image.status_code == 200 and image.content == Path(items[item_id].path).read_bytes()
+        new = image_sets[1][0]
+        top = client.post("/search", files={"file": ("q.png", new.read_bytes())}, data={"k": "1"}).json()
+        assert top["results"][0]["id"] >= 36 and top["results"][0]["score"] == pytest.approx(1, abs=1e-5)
+
+
+def test_a_running_server_serves_the_index_an_add_grew(deployment, tmp_path: Path, start_server) -> None:
+    index_dir = Path(shutil.copytree(deployment.index_dir, tmp_path / "index"))
+    server = start_server(index_dir)
+    assert httpx.get(f"{server.url}/healthz").json()["items"] == 36
+    assert httpx.get(f"{server.url}/items/38/image").status_code == 404
+    new = sorted((deployment.new_identities / "whale_y").glob("*.png"))
+    added = subprocess.run(
+        [EMBEDLAB, "index", "add", str(index_dir), *map(str, new)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert added.returncode == 0 and "holds 39" in added.stdout, added.stdout + added.stderr
+    assert httpx.get(f"{server.url}/healthz").json()["items"] == 39
+    image = httpx.get(f"{server.url}/items/38/image")
+    assert image.status_code == 200 and image.content == new[2].read_bytes()
+    top = _post(server, new[1].read_bytes(), k="1").json()["results"][0]
+    assert (top["id"], top["label"], top["filename"]) == (37, "whale_y", "1.png")
+    assert "reloaded: 39 items (was 36)" in server.log.read_text()

@@ -174,3 +174,21 @@ def test_calibration_without_known_identities_is_a_clear_error(deployment, index
     with pytest.raises(ValueError, match="no mated searches"):
         calibrate_index(index_copy, queries=[deployment.new_identities], progress=False)
     assert load_index(index_copy).manifest.open_set == load_index(deployment.index_dir).manifest.open_set
+
+
+def test_a_calibration_and_an_add_at_once_keep_both(
+    deployment, index_copy: Path, run_together, make_image_folder, tmp_path: Path
+) -> None:
+    """Both read-modify-write the index under its writers' lock: the threshold and the images stay."""
+    images = sorted(make_image_folder(tmp_path / "more", classes=1, per_class=3, size=16).rglob("*.png"))
+    run_together(
+        [
+            ["calibrate", str(index_copy), "--target-fmr", "0.1"],
+            ["index", "add", str(index_copy), *map(str, images)],
+        ]
+    )
+    index = load_index(index_copy)
+    before = load_index(deployment.index_dir).manifest.open_set
+    assert index.manifest.open_set is not None and index.manifest.open_set.objective == "target_fmr"
+    assert before is not None and before.objective == "best_f1"
+    assert len(index) == 39 and [item.path for item in index.items[36:]] == [str(p.resolve()) for p in images]

@@ -5,16 +5,19 @@ An index is only meaningful with the models that embedded its gallery. The manif
 folder, checkpoint, sha256 of the checkpoint file, embedding size; input size and channels) and the
 post-processing; `load_pipeline` rebuilds that pipeline, loading each run (or, for the index's own
 model, another run named by the caller) and refusing any that differs, and the searcher applies the query
-side of the manifest's post-processing steps.
+side of the manifest's post-processing steps. A `ReloadingSearcher` follows an index folder as writers
+(`index add`, `calibrate`, `index build --force`) replace it, for a server that outlives them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,10 +26,12 @@ from embedlab.data.images import LabelledImages
 from embedlab.embeddings.encoder import EmbeddingPipeline
 from embedlab.index.gallery import GalleryIndex
 from embedlab.index.manifest import IndexManifest, ModelRecord, PostprocessingRecord
-from embedlab.index.store import load_index
+from embedlab.index.store import folder_stamp, load_index
 from embedlab.models.tta import TestTimeAugmentation
 from embedlab.retrieval.postprocessing import build_steps, expand_queries, transform_queries
 from embedlab.training.run_dir import LoadedRun, load_run
+
+logger = logging.getLogger(__name__)
 
 
 class ModelMismatchError(ValueError):
@@ -131,10 +136,12 @@ class SearchHit:
 
 @dataclass(frozen=True)
 class QueryResult:
-    """The top-k of one query, best first, and whether it is a new identity (None: no threshold)."""
+    """The top-k of one query, best first, whether it is a new identity (None: no threshold), and the
+    threshold that decided it."""
 
     hits: list[SearchHit]
     new_identity: bool | None
+    threshold: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return {"results": [asdict(hit) for hit in self.hits], "new_identity": self.new_identity}
@@ -149,6 +156,10 @@ class Searcher:
         self.pipeline = pipeline
         self.index_dir = index_dir
         self.steps = build_steps(index.manifest.postprocessing.steps, index.whitening)
+
+    def current(self) -> Searcher:
+        """This searcher: its index is the one it was made with (see `ReloadingSearcher`)."""
+        return self
 
     @property
     def threshold(self) -> float | None:
@@ -186,7 +197,7 @@ class Searcher:
         for row_scores, row_ids in zip(scores, ids, strict=True):
             hits = [self._hit(int(i), float(s)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
             top = hits[0].score if hits else -np.inf
-            results.append(QueryResult(hits, None if threshold is None else bool(top < threshold)))
+            results.append(QueryResult(hits, None if threshold is None else bool(top < threshold), threshold))
         return results
 
     def search(self, pixels: np.ndarray, k: int) -> list[QueryResult]:
@@ -215,3 +226,72 @@ def open_searcher(index_dir: str | Path, run_dir: str | Path | None = None) -> S
     index = load_index(index_dir)
     _, pipeline = load_pipeline(index.manifest, index_dir, run_dir)
     return Searcher(index, pipeline, index_dir)
+
+
+class SearcherSource(Protocol):
+    """What gives the searcher to answer a request with: a `Searcher` (always itself) or a
+    `ReloadingSearcher` (the index as last written)."""
+
+    def current(self) -> Searcher: ...
+
+
+def _same_pipeline(a: IndexManifest, b: IndexManifest) -> bool:
+    """Whether the two manifests' vectors are made by the same models, input and test-time views."""
+    return (a.models, a.preprocessing, tta_of(a.postprocessing)) == (
+        b.models,
+        b.preprocessing,
+        tta_of(b.postprocessing),
+    )
+
+
+class ReloadingSearcher:
+    """The searcher of an index folder, following the folder as writers replace it; thread-safe.
+
+    `current()` costs one stat of the manifest while nothing changed. Each write swaps a complete new
+    folder in (`embedlab.index.store`), so its manifest is a new file; when the stat differs from the
+    one taken before the last load, the folder is loaded again (under the store's folder lock, so never
+    half written), a new `Searcher` is made and swapped in as one reference: a request in flight keeps
+    the searcher it started with. The model pipeline is kept when the new manifest records the same
+    models, input and test-time views (as after `add` or `calibrate`), and loaded again otherwise. A new
+    folder that cannot be loaded is logged and the previous searcher kept, until the folder changes
+    again.
+    """
+
+    def __init__(self, index_dir: str | Path, run_dir: str | Path | None = None) -> None:
+        self.index_dir = Path(index_dir).absolute()
+        self.run_dir = run_dir
+        # Stamped before loading: a write in between is then seen, and loaded, at the next call.
+        stamp = folder_stamp(self.index_dir)
+        self._state = (stamp, open_searcher(self.index_dir, run_dir))
+        self._reloading = threading.Lock()
+
+    def current(self) -> Searcher:
+        """The searcher of the index as last written (loaded now if a write swapped it since)."""
+        stamp, searcher = self._state
+        if folder_stamp(self.index_dir) == stamp:
+            return searcher
+        with self._reloading:
+            stamp, searcher = self._state
+            now = folder_stamp(self.index_dir)
+            if now is None or now == stamp:  # between a writer's two renames, or reloaded meanwhile
+                return searcher
+            self._state = (now, self._reload(searcher))
+            return self._state[1]
+
+    def _reload(self, previous: Searcher) -> Searcher:
+        try:
+            index = load_index(self.index_dir)
+            if _same_pipeline(index.manifest, previous.index.manifest):
+                pipeline = previous.pipeline
+            else:
+                _, pipeline = load_pipeline(index.manifest, self.index_dir, self.run_dir)
+        except Exception as error:  # a bad folder on disk must not stop the good index from being served
+            logger.warning(
+                "index %s changed but cannot be loaded (%s); still searching the %d items loaded before",
+                self.index_dir,
+                error,
+                len(previous.index),
+            )
+            return previous
+        logger.info("index %s reloaded: %d items (was %d)", self.index_dir, len(index), len(previous.index))
+        return Searcher(index, pipeline, self.index_dir)

@@ -30,6 +30,7 @@ from embedlab.index.store import (
     write_index_folder,
     write_manifest_last,
     write_streamed_rows,
+    writer_lock,
 )
 from embedlab.versions import package_versions
 
@@ -97,5 +98,7 @@ def build_index_from_shards(
         write_faiss_files(faiss_index, manifest.faiss, folder)
         write_manifest_last(manifest, folder)
 
-    write_index_folder(out, fill, replace=force)
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out):  # an `add` under way finishes first; this index then replaces what it wrote
+        write_index_folder(out, fill, replace=force)
     return manifest

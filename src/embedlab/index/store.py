@@ -6,6 +6,14 @@ leaves the old folder untouched; one killed between the two renames leaves the o
 `.previous` name, and the next load or write puts it back. Writers and loaders of indexes in one parent
 folder take an exclusive lock on that folder, so a loader never reads half of one index and half of
 another.
+
+That lock covers one load or one write. A read-modify-write (`index add`, `calibrate`) holds a second,
+longer lock across the whole of it, `writer_lock`: a flock on the file `.INDEX_DIR.lock` beside the
+folder, so that a second writer waits and then reads what the first wrote instead of overwriting it.
+It is a separate file because flock belongs to an open file description: the folder lock taken again
+inside it, on the folder's own descriptor, does not conflict with it. Taking `writer_lock` twice in one
+thread waits forever; the kernel drops it when its process dies, however it dies. Loaders (searches,
+the server) never take it, so they are not held up by a writer's embedding.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from embedlab.retrieval.faiss_index import (
 from embedlab.retrieval.whitening import PCAWhitening
 
 
-def _sibling(index_dir: Path, role: Literal["incoming", "previous"]) -> Path:
+def _sibling(index_dir: Path, role: Literal["incoming", "previous", "lock"]) -> Path:
     return index_dir.parent / f".{index_dir.name}.{role}"
 
 
@@ -50,6 +58,21 @@ def _sibling(index_dir: Path, role: Literal["incoming", "previous"]) -> Path:
 def _folder_lock(folder: Path) -> Iterator[None]:
     """An exclusive advisory lock on a folder (flock on its descriptor), released on exit."""
     descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def writer_lock(index_dir: str | Path) -> Iterator[None]:
+    """Hold the writers' lock of index_dir (see the module docstring) until the block exits, however."""
+    index_dir = Path(index_dir).absolute()
+    if not index_dir.parent.is_dir():
+        raise FileNotFoundError(f"index folder {index_dir} does not exist")
+    # The lock file stays: deleting it would let a writer lock a file that a newer one no longer opens.
+    descriptor = os.open(_sibling(index_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
@@ -154,6 +177,16 @@ def _swap_in(incoming: Path, index_dir: Path) -> None:
     else:
         os.replace(incoming, index_dir)
         _fsync_path(index_dir.parent)
+
+
+def folder_stamp(index_dir: str | Path) -> tuple[int, int, int, int] | None:
+    """What every write changes, read with one stat: the device, inode, mtime and size of the manifest
+    (each write swaps in a new folder with a new manifest file); None while there is no manifest."""
+    try:
+        info = os.stat(Path(index_dir) / MANIFEST_FILE)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
 
 
 def is_index_dir(path: Path) -> bool:

@@ -31,7 +31,7 @@ from embedlab.index.manifest import (
 )
 from embedlab.index.search import Searcher, checkpoint_sha256, load_pipeline
 from embedlab.index.shards import FaissSettings
-from embedlab.index.store import check_writable, load_index, write_index
+from embedlab.index.store import check_writable, load_index, write_index, writer_lock
 from embedlab.models.tta import TestTimeAugmentation
 from embedlab.retrieval.postprocessing import StepConfig, Whiten, build_steps, prepare_gallery
 from embedlab.training.run_dir import LoadedRun, load_run
@@ -198,7 +198,9 @@ def build_gallery_index(
     manifest.postprocessing = steps.record()
     manifest.sources = [SourceRecord(source=data.source, items=len(data.items), added_at=manifest.created_at)]
     index = GalleryIndex.create(manifest, data.items, embeddings, whitening)
-    write_index(index, out, replace=force)
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out):  # an `add` under way finishes first; this index then replaces what it wrote
+        write_index(index, out, replace=force)
     return index
 
 
@@ -219,28 +221,33 @@ def add_to_gallery_index(
     progress: bool = True,
 ) -> AddResult:
     """Embed more images with the index's own model and append them; files already indexed (same
-    resolved path) are skipped, so running the same `add` twice adds nothing the second time."""
+    resolved path) are skipped, so running the same `add` twice adds nothing the second time.
+
+    The index's writers' lock is held from reading the index to writing it, so concurrent adds (and
+    calibrations) run one after another, each on what the previous one wrote: none loses the others'
+    images, and adds of the same files add them once."""
     index_dir = Path(index_dir)
-    index = load_index(index_dir)
-    if index.manifest.postprocessing.step("dba") is not None:
-        raise ValueError(
-            f"index {index_dir} was built with database-side augmentation, where every gallery vector "
-            "depends on its neighbours: adding images would leave the others stale; rebuild it with "
-            "`embedlab index build ... --force` over the whole gallery"
-        )
-    run, pipeline = load_pipeline(index.manifest, index_dir.absolute(), run_dir)
-    searcher = Searcher(index, pipeline, index_dir.absolute())
-    settings = index.manifest.preprocessing
-    data = read_gallery(images, settings.image_size, settings.channels, label)
-    known = {item.path for item in index.items}
-    fresh = [i for i, item in enumerate(data.items) if item.path not in known]
-    skipped = len(data.items) - len(fresh)
-    if not fresh:
-        return AddResult(index, 0, skipped)
-    subset = data.images.subset(torch.tensor(fresh, dtype=torch.long))
-    batch = batch_size or run.config.train.eval_batch_size
-    embeddings = searcher.embed_images(subset, batch, run.config.data.num_workers, progress)
-    source = SourceRecord(source=data.source, items=len(fresh), added_at=utc_now())
-    grown = index.extended([data.items[i] for i in fresh], embeddings, source)
-    write_index(grown, index_dir, replace=True)
-    return AddResult(grown, len(fresh), skipped)
+    with writer_lock(index_dir):
+        index = load_index(index_dir)
+        if index.manifest.postprocessing.step("dba") is not None:
+            raise ValueError(
+                f"index {index_dir} was built with database-side augmentation, where every gallery vector "
+                "depends on its neighbours: adding images would leave the others stale; rebuild it with "
+                "`embedlab index build ... --force` over the whole gallery"
+            )
+        run, pipeline = load_pipeline(index.manifest, index_dir.absolute(), run_dir)
+        searcher = Searcher(index, pipeline, index_dir.absolute())
+        settings = index.manifest.preprocessing
+        data = read_gallery(images, settings.image_size, settings.channels, label)
+        known = {item.path for item in index.items}
+        fresh = [i for i, item in enumerate(data.items) if item.path not in known]
+        skipped = len(data.items) - len(fresh)
+        if not fresh:
+            return AddResult(index, 0, skipped)
+        subset = data.images.subset(torch.tensor(fresh, dtype=torch.long))
+        batch = batch_size or run.config.train.eval_batch_size
+        embeddings = searcher.embed_images(subset, batch, run.config.data.num_workers, progress)
+        source = SourceRecord(source=data.source, items=len(fresh), added_at=utc_now())
+        grown = index.extended([data.items[i] for i in fresh], embeddings, source)
+        write_index(grown, index_dir, replace=True)
+        return AddResult(grown, len(fresh), skipped)

@@ -11,11 +11,17 @@ Bad input gets a 4xx whose JSON `detail` is one sentence: 400 empty upload, 404 
 body over max_upload_bytes (refused from its Content-Length before it is read, or when the count
 passes the limit) or an image over max_pixels (refused from its header before it is decoded), 415 not
 an image, 422 an undecodable image or a bad form field.
+
+`serve` follows the index folder: every request is answered with the index as last written (`index
+add`, `calibrate`, `index build --force` while the server runs), reloaded on the first request after
+the write (see `embedlab.index.search.ReloadingSearcher`); a request in flight finishes on the index it
+started with.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures' annotations, and
 # `k`'s upper bound comes from create_app's local `limits`, which a postponed annotation cannot see.
 import contextlib
+import copy
 import json
 import mimetypes
 from collections.abc import AsyncIterator
@@ -33,7 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedlab.data.decoding import DEFAULT_MAX_PIXELS, ImageRejectedError
-from embedlab.index.search import Searcher, open_searcher
+from embedlab.index.search import ReloadingSearcher, SearcherSource
 from embedlab.serving.batching import DEFAULT_MAX_BATCH, BatchedSearch
 
 DEFAULT_HOST = "127.0.0.1"
@@ -124,12 +130,13 @@ def _validation_message(error: RequestValidationError) -> str:
 
 
 def create_app(
-    searcher: Searcher, limits: ServerLimits | None = None, max_batch: int = DEFAULT_MAX_BATCH
+    searcher: SearcherSource, limits: ServerLimits | None = None, max_batch: int = DEFAULT_MAX_BATCH
 ) -> FastAPI:
-    """The FastAPI app over one searcher (index + model), with the upload limit middleware; concurrent
-    searches share forward passes of up to max_batch images (see `embedlab.serving.batching`)."""
+    """The FastAPI app over a searcher (index + model; a `ReloadingSearcher` follows its folder), with
+    the upload limit middleware; concurrent searches share forward passes of up to max_batch images (see
+    `embedlab.serving.batching`). Routes look up `searcher.current()` on worker threads, never on the
+    event loop (a reload is blocking work); a search reports the threshold that decided it."""
     limits = limits or ServerLimits()
-    index = searcher.index
     page = (resources.files("embedlab.serving") / PAGE).read_text()
     batched = BatchedSearch(searcher, max_batch)
 
@@ -154,14 +161,15 @@ def create_app(
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        manifest = index.manifest
+        current = searcher.current()
+        index, manifest = current.index, current.index.manifest
         return {
             "status": "ok",
             "items": len(index),
             "embedding_dim": index.embedding_dim,
             "index_kind": manifest.faiss.kind,
             "backbone": manifest.model.backbone,
-            "threshold": searcher.threshold,
+            "threshold": current.threshold,
             "max_upload_bytes": limits.max_upload_bytes,
             "max_pixels": limits.max_pixels,
             "max_k": limits.max_k,
@@ -177,14 +185,14 @@ def create_app(
         name = f"upload {file.filename!r}" if file.filename else "upload"
         try:
             # Decoding is CPU work: on the thread pool, so the event loop keeps accepting requests.
-            pixels = await run_in_threadpool(searcher.decode, data, name, limits.max_pixels)
+            pixels = await run_in_threadpool(lambda: searcher.current().decode(data, name, limits.max_pixels))
         except ImageRejectedError as error:
             raise HTTPException(status_code=error.status, detail=str(error)) from None
         count = k or limits.default_k
         result = await batched.search(pixels, count)
         return {
             "k": count,
-            "threshold": searcher.threshold,
+            "threshold": result.threshold,
             "new_identity": result.new_identity,
             "results": [
                 {
@@ -201,6 +209,7 @@ def create_app(
 
     @app.get("/items/{item_id}/image")
     def item_image(item_id: int) -> FileResponse:
+        index = searcher.current().index
         if not 0 <= item_id < len(index):
             raise HTTPException(
                 status_code=404, detail=f"no gallery item {item_id}; ids run from 0 to {len(index) - 1}"
@@ -224,10 +233,14 @@ def serve(
     run_dir: str | Path | None = None,
     limits: ServerLimits | None = None,
 ) -> None:
-    """Load the index and its model, then serve the app until interrupted."""
+    """Load the index and its model, then serve the app until interrupted, following the index folder
+    as it is rewritten (see `create_app`)."""
     # A forward pass of a few small images is too little work to share between cores, and the event
     # loop and the decoding threads need a core too: intra-op threads would only contend with them
     # (on 2 loaded cores, a 16-pixel forward pass took 50 ms with 2 threads and 3 ms with 1).
     torch.set_num_threads(1)
-    app = create_app(open_searcher(index_dir, run_dir), limits)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    app = create_app(ReloadingSearcher(index_dir, run_dir), limits)
+    # embedlab's own messages (an index reloaded, or one that could not be) beside uvicorn's, alike.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["embedlab"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    uvicorn.run(app, host=host, port=port, log_level="info", log_config=log_config)

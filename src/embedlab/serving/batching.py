@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 import numpy as np
 
-from embedlab.index.search import QueryResult, Searcher
+from embedlab.index.search import QueryResult, SearcherSource
 
 DEFAULT_MAX_BATCH = 32
 
@@ -33,7 +33,7 @@ class BatchedSearch:
     """Queue searches from any number of concurrent requests; `start` runs the worker in the current
     event loop, `stop` ends it."""
 
-    def __init__(self, searcher: Searcher, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(self, searcher: SearcherSource, max_batch: int = DEFAULT_MAX_BATCH) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.searcher = searcher
@@ -61,9 +61,11 @@ class BatchedSearch:
         return await future
 
     def _run(self, batch: list[_Pending]) -> list[QueryResult]:
-        """Embed and search a batch (on a worker thread): the deepest k asked for, cut per request."""
-        results = self.searcher.search(np.stack([p.pixels for p in batch]), max(p.k for p in batch))
-        return [QueryResult(r.hits[: p.k], r.new_identity) for p, r in zip(batch, results, strict=True)]
+        """Embed and search a batch (on a worker thread) with the current searcher, which a reloading one
+        looks up here, off the event loop: the deepest k asked for, cut per request."""
+        searcher = self.searcher.current()
+        results = searcher.search(np.stack([p.pixels for p in batch]), max(p.k for p in batch))
+        return [replace(r, hits=r.hits[: p.k]) for p, r in zip(batch, results, strict=True)]
 
     async def _work(self) -> None:
         assert self._queue is not None

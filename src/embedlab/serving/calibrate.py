@@ -36,7 +36,7 @@ import numpy as np
 from embedlab.data.splits import prepare_data
 from embedlab.index.manifest import OpenSetRecord, utc_now
 from embedlab.index.search import Searcher, load_pipeline
-from embedlab.index.store import load_index, write_index
+from embedlab.index.store import load_index, write_index, writer_lock
 from embedlab.pipelines.index import read_gallery
 from embedlab.retrieval.arrays import as_embedding_matrix, prepare_embeddings
 from embedlab.retrieval.exact import DEFAULT_MAX_MEMORY_BYTES, iter_similarity_blocks
@@ -212,8 +212,24 @@ def calibrate_index(
     Calibration data: `queries` (a folder, CSV or image files with labels) searched against the index
     gallery, the same file excluded when it is in the gallery; or, by default, the validation split
     of the run that built the index, searched in itself as during training.
+
+    The index's writers' lock is held from reading the index to writing it back, so an `index add` at
+    the same time either finishes first (and is calibrated on) or waits: neither loses the other's work.
     """
     index_dir = Path(index_dir).absolute()
+    with writer_lock(index_dir):
+        return _calibrate_locked(index_dir, queries, objective, target_fmr, run_dir, batch_size, progress)
+
+
+def _calibrate_locked(
+    index_dir: Path,
+    queries: Sequence[Path] | None,
+    objective: Objective,
+    target_fmr: float,
+    run_dir: str | Path | None,
+    batch_size: int | None,
+    progress: bool,
+) -> OperatingPoint:
     index = load_index(index_dir)
     run, pipeline = load_pipeline(index.manifest, index_dir, run_dir)
     searcher = Searcher(index, pipeline, index_dir)
