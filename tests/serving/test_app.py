@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -208,3 +212,77 @@ def test_a_query_of_any_size_and_mode_is_searched(server) -> None:
     for data in (grey.getvalue(), _png(3, (220, 40, 40))):
         response = _post(server, data, k="3")
         assert response.status_code == 200 and len(response.json()["results"]) == 3
+
+
+def _memory_mib(pid: int) -> dict[str, float]:
+    """VmRSS (resident now) and VmHWM (its peak) of a process, MiB, from /proc/PID/status."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields
+
+
+#: The burst: as issue 19 reported it, 24 uploads at once of a 148 KB RGB PNG declaring 50 megapixels.
+BURST_UPLOADS = 24
+BURST_SIDE = 7_071  # 7,071 x 7,071 = 50.0 megapixels, under the default limit of 64
+#: The server's default decode budget (ServerLimits.decode_budget_pixels: 2 x 64 megapixels) ...
+BUDGET_PIXELS = 128_000_000
+#: ... times what Pillow holds for an RGB image (4 bytes a pixel; RGB uploads are resized in their own
+#: mode, so no converted copy), is what the uploads being decoded at once may hold: 488 MiB.
+BUDGET_MIB = BUDGET_PIXELS * 4 / 2**20
+#: Beside the baseline and the budget: the uploads' bytes, the resized arrays, allocator slack.
+MARGIN_MIB = 256
+#: Once the burst is over, the server's RSS is back within this of where it started.
+AFTER_MIB = 128
+
+
+def test_a_burst_of_large_header_uploads_stays_within_the_decode_budget(
+    server, deployment, make_blank_png
+) -> None:
+    """Issue 19: 24 such uploads at once took the server from 0.83 to 7.08 GB, and 6.9 GB stayed
+    held. Now the peak RSS (VmHWM, reset before the burst where Linux allows it, and sampled) stays
+    under baseline + budget x 4 bytes + margin = baseline + 744 MiB, every answer is 200, 413 or 429,
+    the RSS returns to within 128 MiB of the baseline, and the server keeps serving."""
+    pid = server.process.pid
+    if not Path(f"/proc/{pid}/status").is_file():
+        pytest.skip("needs Linux's /proc/PID/status")
+    upload = make_blank_png(BURST_SIDE, BURST_SIDE, 3)
+    assert len(upload) < 200_000
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    baseline = _memory_mib(pid)["VmRSS"]
+    bound = baseline + BUDGET_MIB + MARGIN_MIB
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(_memory_mib(pid)["VmRSS"])
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(BURST_UPLOADS) as pool:
+            responses = list(pool.map(lambda _: _post(server, upload), range(BURST_UPLOADS)))
+    finally:
+        done.set()
+        sampler.join(5)
+    statuses = sorted(response.status_code for response in responses)
+    peak = max([*samples, _memory_mib(pid)["VmHWM"]])
+    print(f"baseline {baseline:.0f} MiB, peak {peak:.0f} MiB (bound {bound:.0f}), statuses {statuses}")
+    assert set(statuses) <= {200, 413, 429} and 200 in statuses, statuses
+    for response in responses:
+        if response.status_code == 429:
+            assert response.headers["retry-after"] == "1" and "decode budget" in response.json()["detail"]
+    assert peak <= bound, f"peak RSS {peak:.0f} MiB over the bound {bound:.0f} MiB (baseline {baseline:.0f})"
+    deadline = time.monotonic() + 10
+    while (after := _memory_mib(pid)["VmRSS"]) > baseline + AFTER_MIB and time.monotonic() < deadline:
+        time.sleep(0.2)
+    print(f"after the burst {after:.0f} MiB")
+    assert after <= baseline + AFTER_MIB, f"{after:.0f} MiB held after the burst (baseline {baseline:.0f})"
+    assert server.process.poll() is None
+    normal = _post(server, (deployment.gallery / "whale_e" / "3.png").read_bytes(), k="1")
+    assert normal.status_code == 200 and normal.json()["results"][0]["label"] == "whale_e"

@@ -10,7 +10,9 @@ Routes:
 Bad input gets a 4xx whose JSON `detail` is one sentence: 400 empty upload, 404 unknown item, 413 a
 body over max_upload_bytes (refused from its Content-Length before it is read, or when the count
 passes the limit) or an image over max_pixels (refused from its header before it is decoded), 415 not
-an image, 422 an undecodable image or a bad form field.
+an image, 422 an undecodable image or a bad form field, 429 (with Retry-After) an upload whose
+declared pixels do not fit in the decode budget beside the uploads being decoded
+(`embedlab.serving.decode_budget`).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures' annotations, and
@@ -29,12 +31,17 @@ import uvicorn
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedlab.data.decoding import DEFAULT_MAX_PIXELS, ImageRejectedError
+from embedlab.data.decoding import DEFAULT_MAX_PIXELS, ImageRejectedError, declared_pixels
 from embedlab.index.search import Searcher, open_searcher
 from embedlab.serving.batching import DEFAULT_MAX_BATCH, BatchedSearch
+from embedlab.serving.decode_budget import (
+    DEFAULT_DECODE_WORKERS,
+    RETRY_AFTER_S,
+    DecodeBudget,
+    DecodeBudgetExceededError,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -43,12 +50,23 @@ PAGE = "page.html"
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """What one request may ask for: body bytes, decoded pixels, results."""
+    """What one request may ask for (body bytes, decoded pixels, results), and what all the uploads
+    being decoded at once may hold: decode_budget_pixels, on decode_workers threads."""
 
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_k: int = 100
     default_k: int = 10
+    decode_budget_pixels: int = 2 * DEFAULT_MAX_PIXELS
+    decode_workers: int = DEFAULT_DECODE_WORKERS
+
+    def __post_init__(self) -> None:
+        if self.decode_budget_pixels < self.max_pixels:
+            raise ValueError(
+                f"the decode budget ({self.decode_budget_pixels / 1e6:g} megapixels) is below the largest "
+                f"image allowed ({self.max_pixels / 1e6:g} megapixels), which could then never be "
+                "decoded: raise --decode-budget-megapixels or lower --max-megapixels"
+            )
 
 
 class UploadSizeLimit:
@@ -124,11 +142,15 @@ def _validation_message(error: RequestValidationError) -> str:
 
 
 def create_app(
-    searcher: Searcher, limits: ServerLimits | None = None, max_batch: int = DEFAULT_MAX_BATCH
+    searcher: Searcher,
+    limits: ServerLimits | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> FastAPI:
     """The FastAPI app over one searcher (index + model), with the upload limit middleware; concurrent
-    searches share forward passes of up to max_batch images (see `embedlab.serving.batching`)."""
+    searches share forward passes of up to max_batch images (see `embedlab.serving.batching`); uploads
+    decode within the limits' decode budget."""
     limits = limits or ServerLimits()
+    decoding = DecodeBudget(limits.decode_budget_pixels, limits.decode_workers)
     index = searcher.index
     page = (resources.files("embedlab.serving") / PAGE).read_text()
     batched = BatchedSearch(searcher, max_batch)
@@ -140,9 +162,11 @@ def create_app(
             yield
         finally:
             await batched.stop()
+            decoding.shutdown()
 
     app = FastAPI(title="embedlab search", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(UploadSizeLimit, max_bytes=limits.max_upload_bytes)
+    app.state.decode_budget = decoding
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -166,6 +190,7 @@ def create_app(
             "max_pixels": limits.max_pixels,
             "max_k": limits.max_k,
             "default_k": limits.default_k,
+            "decode_budget_pixels": limits.decode_budget_pixels,
         }
 
     @app.post("/search")
@@ -175,11 +200,18 @@ def create_app(
     ) -> dict[str, Any]:
         data = await file.read()
         name = f"upload {file.filename!r}" if file.filename else "upload"
+        # The header says what the decode will hold; an image over max_pixels is refused before
+        # decoding, so it costs nothing.
+        declared = declared_pixels(data)
+        cost = declared if declared <= limits.max_pixels else 0
         try:
-            # Decoding is CPU work: on the thread pool, so the event loop keeps accepting requests.
-            pixels = await run_in_threadpool(searcher.decode, data, name, limits.max_pixels)
+            # Decoding is CPU work: on the budget's pool, so the event loop keeps accepting requests.
+            pixels = await decoding.run(cost, searcher.decode, data, name, limits.max_pixels)
         except ImageRejectedError as error:
             raise HTTPException(status_code=error.status, detail=str(error)) from None
+        except DecodeBudgetExceededError as error:
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
+            raise HTTPException(status_code=429, detail=str(error), headers=headers) from None
         count = k or limits.default_k
         result = await batched.search(pixels, count)
         return {
