@@ -121,9 +121,11 @@ def test_export_prints_the_check(deployment, tmp_path: Path) -> None:
     ("options", "words"),
     [
         (["--decode-budget-megapixels", "32"], "decode budget (32 megapixels) is below the largest image"),
+        (["--allow-origin", "localhost:3000"], "--allow-origin 'localhost:3000' is not an origin"),
+        (["--allow-host", "http://photos.lan"], "--allow-host 'http://photos.lan' is not a host name"),
     ],
 )
-def test_serve_refuses_bad_limits_before_loading_the_model(
+def test_serve_refuses_bad_limits_and_names_before_loading_the_model(
     deployment, options: list[str], words: str
 ) -> None:
     code, out = invoke("serve", deployment.index_dir, *options)

@@ -214,6 +214,40 @@ def test_a_query_of_any_size_and_mode_is_searched(server) -> None:
         assert response.status_code == 200 and len(response.json()["results"]) == 3
 
 
+@pytest.mark.parametrize("host", ["evil.example:{port}", "evil.example", "127.0.0.1:1", "10.1.2.3:{port}"])
+def test_a_host_header_that_does_not_name_the_server_is_a_400(server, host: str) -> None:
+    """DNS rebinding: a page whose name now resolves to 127.0.0.1 still sends its own name as Host."""
+    value = host.format(port=server.port)
+    for method, path in (("GET", "/healthz"), ("POST", "/search"), ("GET", "/")):
+        response = httpx.request(method, f"{server.url}{path}", headers={"Host": value})
+        assert response.status_code == 400, (method, path)
+        detail = response.json()["detail"]
+        assert f"the Host header {value!r} does not name this server" in detail
+        assert f"127.0.0.1:{server.port}" in detail and "--allow-host" in detail
+
+
+@pytest.mark.parametrize("name", ["localhost", "127.0.0.1"])
+def test_the_loopback_names_and_the_pages_own_origin_are_answered(server, deployment, name: str) -> None:
+    own = f"http://{name}:{server.port}"
+    data = (deployment.gallery / "whale_b" / "1.png").read_bytes()
+    response = httpx.post(
+        f"{own}/search", files={"file": ("q.png", data)}, headers={"Origin": own}, timeout=60
+    )
+    assert response.status_code == 200 and response.json()["results"][0]["label"] == "whale_b"
+    assert "access-control-allow-origin" not in response.headers  # same origin: no CORS needed
+
+
+def test_a_foreign_origin_is_a_403_without_cors_headers(server, deployment) -> None:
+    data = (deployment.gallery / "whale_b" / "1.png").read_bytes()
+    for origin in ("http://evil.example", f"http://localhost:{server.port + 1}", "null"):
+        response = httpx.post(
+            f"{server.url}/search", files={"file": ("q.png", data)}, headers={"Origin": origin}, timeout=60
+        )
+        assert response.status_code == 403, origin
+        assert "--allow-origin" in response.json()["detail"]
+        assert not any(name.startswith("access-control-") for name in response.headers)
+
+
 def _memory_mib(pid: int) -> dict[str, float]:
     """VmRSS (resident now) and VmHWM (its peak) of a process, MiB, from /proc/PID/status."""
     fields = {}

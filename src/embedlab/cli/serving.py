@@ -111,6 +111,20 @@ def serve(
             "gets 429. At least --max-megapixels."
         ),
     ] = 128.0,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Another name the server answers to in the Host header (NAME or NAME:PORT; repeatable), "
+            "e.g. behind a reverse proxy."
+        ),
+    ] = None,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A web page origin allowed to call the API (scheme://host[:port]; repeatable); other "
+            "origins get 403."
+        ),
+    ] = None,
 ) -> None:
     """Serve the index over HTTP: POST /search, GET /items/{id}/image, GET /healthz, and a page at /."""
     from embedlab.serving.app import ServerLimits
@@ -130,6 +144,8 @@ def serve(
             port=port,
             run_dir=run,
             limits=limits,
+            allow_hosts=tuple(allow_host or ()),
+            allow_origins=tuple(allow_origin or ()),
         )
     except USER_ERRORS as error:
         raise fail(str(error)) from None

@@ -12,7 +12,8 @@ body over max_upload_bytes (refused from its Content-Length before it is read, o
 passes the limit) or an image over max_pixels (refused from its header before it is decoded), 415 not
 an image, 422 an undecodable image or a bad form field, 429 (with Retry-After) an upload whose
 declared pixels do not fit in the decode budget beside the uploads being decoded
-(`embedlab.serving.decode_budget`).
+(`embedlab.serving.decode_budget`). A Host that does not name the server gets 400, a foreign Origin
+403 (`embedlab.serving.access`).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures' annotations, and
@@ -30,11 +31,13 @@ import torch
 import uvicorn
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedlab.data.decoding import DEFAULT_MAX_PIXELS, ImageRejectedError, declared_pixels
 from embedlab.index.search import Searcher, open_searcher
+from embedlab.serving.access import AccessPolicy, HostOriginGuard
 from embedlab.serving.batching import DEFAULT_MAX_BATCH, BatchedSearch
 from embedlab.serving.decode_budget import (
     DEFAULT_DECODE_WORKERS,
@@ -145,11 +148,14 @@ def create_app(
     searcher: Searcher,
     limits: ServerLimits | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
+    access: AccessPolicy | None = None,
 ) -> FastAPI:
     """The FastAPI app over one searcher (index + model), with the upload limit middleware; concurrent
     searches share forward passes of up to max_batch images (see `embedlab.serving.batching`); uploads
-    decode within the limits' decode budget."""
+    decode within the limits' decode budget; requests are answered per the access policy (default:
+    bound to 127.0.0.1:8000, no other names or origins)."""
     limits = limits or ServerLimits()
+    access = access or AccessPolicy()
     decoding = DecodeBudget(limits.decode_budget_pixels, limits.decode_workers)
     index = searcher.index
     page = (resources.files("embedlab.serving") / PAGE).read_text()
@@ -165,7 +171,18 @@ def create_app(
             decoding.shutdown()
 
     app = FastAPI(title="embedlab search", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    # Outermost last: the Host/Origin guard, then CORS (so that a 413 reaches an allowed page with its
+    # headers), then the upload limit.
     app.add_middleware(UploadSizeLimit, max_bytes=limits.max_upload_bytes)
+    if access.allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(access.allow_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type"],
+            max_age=600,
+        )
+    app.add_middleware(HostOriginGuard, policy=access)
     app.state.decode_budget = decoding
 
     @app.exception_handler(RequestValidationError)
@@ -255,11 +272,15 @@ def serve(
     port: int = DEFAULT_PORT,
     run_dir: str | Path | None = None,
     limits: ServerLimits | None = None,
+    allow_hosts: tuple[str, ...] = (),
+    allow_origins: tuple[str, ...] = (),
 ) -> None:
-    """Load the index and its model, then serve the app until interrupted."""
+    """Load the index and its model, then serve the app until interrupted; requests must name the
+    bound address or one of allow_hosts, and come from no page or its own or one of allow_origins."""
+    access = AccessPolicy(host, port, allow_hosts, allow_origins)  # checked before the model loads
     # A forward pass of a few small images is too little work to share between cores, and the event
     # loop and the decoding threads need a core too: intra-op threads would only contend with them
     # (on 2 loaded cores, a 16-pixel forward pass took 50 ms with 2 threads and 3 ms with 1).
     torch.set_num_threads(1)
-    app = create_app(open_searcher(index_dir, run_dir), limits)
+    app = create_app(open_searcher(index_dir, run_dir), limits, access=access)
     uvicorn.run(app, host=host, port=port, log_level="info")
