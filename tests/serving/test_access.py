@@ -101,10 +101,20 @@ def test_origins_are_the_servers_own_or_allowed(origin: str, host: str, allowed:
     assert policy.origin_allowed(origin, host) is allowed
 
 
+def test_allowed_origins_are_kept_as_browsers_write_them() -> None:
+    policy = AccessPolicy(
+        allow_origins=("HTTP://LocalHost:3000", "http://photos.lan:80", "https://[::1]:443")
+    )
+    assert policy.allow_origins == ("http://localhost:3000", "http://photos.lan", "https://[::1]")
+    assert policy.origin_allowed("http://photos.lan", "127.0.0.1:8000")
+    assert policy.origin_allowed("https://[::1]", "127.0.0.1:8000")
+
+
 @pytest.mark.parametrize(
     ("options", "words"),
     [
         ({"allow_origins": ("localhost:3000",)}, "--allow-origin 'localhost:3000' is not an origin"),
+        ({"allow_origins": ("null",)}, "--allow-origin 'null' is not an origin"),
         ({"allow_origins": ("http://localhost:3000/",)}, "no path"),
         ({"allow_hosts": ("http://photos.lan",)}, "--allow-host 'http://photos.lan' is not a host name"),
         ({"allow_hosts": ("photos lan",)}, "is not a host name"),

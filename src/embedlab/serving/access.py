@@ -78,6 +78,13 @@ def _origin_key(origin: str) -> tuple[str, str, int] | None:
     return None if host is None else (parts.scheme, *host)
 
 
+def _serialize_origin(key: tuple[str, str, int]) -> str:
+    """(scheme, host, port) -> the origin as a browser sends it: "http://[::1]:8000", "http://a.lan"."""
+    scheme, name, port = key
+    host = f"[{name}]" if ":" in name else name
+    return f"{scheme}://{host}" if port == DEFAULT_PORTS[scheme] else f"{scheme}://{host}:{port}"
+
+
 def _machine_names() -> set[str]:
     names = {socket.gethostname().lower(), socket.getfqdn().lower()}
     return {name for name in names if name}
@@ -99,17 +106,22 @@ class AccessPolicy:
     _any_address: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        origins = []
+        for value in self.allow_origins:
+            key = _origin_key(value)
+            if key is None:
+                raise ValueError(
+                    f"--allow-origin {value!r} is not an origin: give scheme://host[:port] with no path, "
+                    "such as http://localhost:3000"
+                )
+            origins.append(_serialize_origin(key))
+        # As browsers write them (lower case, no default port), for CORSMiddleware's exact match.
+        object.__setattr__(self, "allow_origins", tuple(origins))
         for value in self.allow_hosts:
             if split_host(value) is None:
                 raise ValueError(
                     f"--allow-host {value!r} is not a host name: give a name such as photos.lan or "
                     "photos.lan:8000"
-                )
-        for value in self.allow_origins:
-            if _origin_key(value) is None:
-                raise ValueError(
-                    f"--allow-origin {value!r} is not an origin: give scheme://host[:port] with no path, "
-                    "such as http://localhost:3000"
                 )
         bound = self.host.strip("[]").lower()
         address = _ip(bound)
@@ -150,9 +162,9 @@ class AccessPolicy:
     def origin_allowed(self, origin: str, host: str) -> bool:
         """Whether a request from a page of `origin` to this server, named `host`, is answered."""
         key = _origin_key(origin)
-        if key is None:
-            return origin.strip() in self.allow_origins  # such as "null", if the user allows it
-        if key in {_origin_key(allowed) for allowed in self.allow_origins}:
+        if key is None:  # "null" (a sandboxed frame, a file:// page) or malformed
+            return False
+        if _serialize_origin(key) in self.allow_origins:
             return True
         scheme, name, port = key
         return split_host(host, DEFAULT_PORTS[scheme]) == (name, port)
