@@ -10,8 +10,10 @@ client speaks HTTP/1.1 over raw asyncio streams with the request built once, so 
 generator, which shares the machine's cores with the server, costs little (an httpx client was the
 bottleneck at 50 connections).
 
-Printed: requests, requests per second, latency p50 / p90 / p99 / max (from sending the request to
-reading the whole response), errors (any status but 200, or a transport error), and the machine.
+Printed: requests, requests per second, latency p50 / p90 / p95 / p99 / max (from sending the request
+to reading the whole response), errors (any status but 200, or a transport error), the server's RSS
+(VmRSS from /proc/PID/status) before the load (after the warm-up) and after it, with its peak during
+the load (VmHWM, reset before the load where Linux allows it), and the machine.
 Client and server share the machine's cores, so the figures are a lower bound for the server alone.
 
 Usage:
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +140,16 @@ async def exchange(
     return int(head[0].split()[1]), headers.get("connection") != "close"
 
 
-async def load(port: int, image: bytes, clients: int, seconds: float, max_requests: int) -> dict[str, Any]:
+async def load(
+    port: int,
+    image: bytes,
+    clients: int,
+    seconds: float,
+    max_requests: int,
+    on_start: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Run the clients; returns latencies (s) of successful requests, errors and the duration.
+    `on_start` is called after the warm-up, just before the clients start.
 
     Each client is a keep-alive connection sending one request after another. The client is raw
     asyncio streams with the request prepared once, so that on a machine shared with the server the
@@ -176,9 +188,29 @@ async def load(port: int, image: bytes, clients: int, seconds: float, max_reques
     latencies.clear()
     errors.clear()
     sent = 0
+    if on_start is not None:
+        on_start()
     started = time.perf_counter()
     await asyncio.gather(*(one_client(started + seconds, max_requests) for _ in range(clients)))
     return {"latencies": latencies, "errors": errors, "duration": time.perf_counter() - started}
+
+
+def memory_mib(pid: int) -> dict[str, float | None]:
+    """The process's VmRSS (resident now) and VmHWM (its peak), MiB; None where /proc has no such file."""
+    status = Path(f"/proc/{pid}/status")
+    found: dict[str, float | None] = {"VmRSS": None, "VmHWM": None}
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in found:
+                found[key] = round(int(value.split()[0]) / 1024, 1)
+    return found
+
+
+def reset_peak(pid: int) -> None:
+    """Reset the process's VmHWM to its current RSS (Linux >= 4.0; ignored where not allowed)."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def machine() -> dict[str, Any]:
@@ -226,8 +258,18 @@ def main() -> None:
         image = (args.query or demo_query).read_bytes()
         port = free_port()
         server = start_server(index_dir, port, folder / "server.log")
+        memory: dict[str, float | None] = {}
+
+        def before_load() -> None:
+            reset_peak(server.pid)
+            memory["before"] = memory_mib(server.pid)["VmRSS"]
+
         try:
-            result = asyncio.run(load(port, image, args.clients, args.seconds, args.max_requests))
+            result = asyncio.run(
+                load(port, image, args.clients, args.seconds, args.max_requests, on_start=before_load)
+            )
+            after = memory_mib(server.pid)
+            memory.update(after=after["VmRSS"], peak=after["VmHWM"])
             healthz = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
         finally:
             server.terminate()
@@ -242,10 +284,11 @@ def main() -> None:
         "requests_per_second": round(done / result["duration"], 1),
         "latency_ms": {
             name: round(float(np.percentile(latencies_ms, q)), 1) if latencies_ms.size else None
-            for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+            for name, q in (("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99), ("max", 100))
         },
         "errors": len(result["errors"]),
         "first_errors": result["errors"][:5],
+        "server_rss_mib": memory,
         "index": {key: healthz[key] for key in ("items", "embedding_dim", "index_kind", "backbone")},
         "query_bytes": len(image),
         "machine": machine(),
@@ -257,9 +300,14 @@ def main() -> None:
     print(f"{summary['clients']} clients for {summary['seconds']} s against {summary['index']}")
     print(f"requests: {summary['requests']}  ({summary['requests_per_second']} per second)")
     print(
-        f"latency ms: p50 {latency['p50']}  p90 {latency['p90']}  p99 {latency['p99']}  max {latency['max']}"
+        f"latency ms: p50 {latency['p50']}  p90 {latency['p90']}  p95 {latency['p95']}  p99 {latency['p99']}"
+        f"  max {latency['max']}"
     )
     print(f"errors: {summary['errors']}" + "".join(f"\n  {e}" for e in summary["first_errors"]))
+    print(
+        f"server RSS MiB: before {memory.get('before')}  after {memory.get('after')}  "
+        f"peak during the load {memory.get('peak')}"
+    )
     print(f"machine: {summary['machine']}")
 
 

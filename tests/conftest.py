@@ -258,9 +258,9 @@ def write_identities(
     return root
 
 
-def blank_png(width: int, height: int) -> bytes:
-    """A valid 8-bit grey PNG of width x height zero pixels, made in a fraction of a second even at
-    20,000 x 20,000 (400 MB decoded, a few hundred kilobytes encoded).
+def blank_png(width: int, height: int, channels: int = 1) -> bytes:
+    """A valid 8-bit grey (channels=1) or RGB (3) PNG of width x height zero pixels, made in a fraction
+    of a second even at 20,000 x 20,000 (400 MB decoded, a few hundred kilobytes encoded).
 
     After a full flush zlib forgets its history, so every later block of identical rows compresses to
     the same bytes: one block is compressed and repeated, and the stream's adler32 is computed over the
@@ -270,7 +270,9 @@ def blank_png(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    row = b"\x00" * (width + 1)  # filter byte 0, then one byte per pixel
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+    row = b"\x00" * (width * channels + 1)  # filter byte 0, then one byte per pixel and channel
     rows_per_block = max(1, min(height, (1 << 20) // len(row)))
     block = row * rows_per_block
     blocks, rest = divmod(height, rows_per_block)
@@ -283,7 +285,7 @@ def blank_png(width: int, height: int) -> bytes:
         checksum = zlib.adler32(block, checksum)
     checksum = zlib.adler32(row * rest, checksum)
     data = first + repeated * (blocks - 1) + last[:-4] + struct.pack(">I", checksum)
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0 if channels == 1 else 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -114,3 +115,18 @@ def test_export_prints_the_check(deployment, tmp_path: Path) -> None:
     assert code == 0, out
     assert "max abs difference onnxruntime vs torch" in out and "(tolerance 0.0001)" in out
     assert (tmp_path / "m.onnx").is_file()
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (["--decode-budget-megapixels", "32"], "decode budget (32 megapixels) is below the largest image"),
+        (["--allow-origin", "localhost:3000"], "--allow-origin 'localhost:3000' is not an origin"),
+        (["--allow-host", "http://photos.lan"], "--allow-host 'http://photos.lan' is not a host name"),
+    ],
+)
+def test_serve_refuses_bad_limits_and_names_before_loading_the_model(
+    deployment, options: list[str], words: str
+) -> None:
+    code, out = invoke("serve", deployment.index_dir, *options)
+    assert code == 2 and words in out, out

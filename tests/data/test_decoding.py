@@ -10,13 +10,20 @@ import pytest
 import torch
 from PIL import Image
 
-from embedlab.data.decoding import ImageRejectedError, decode_image
+from embedlab.data.decoding import ImageRejectedError, declared_pixels, decode_image
 from embedlab.data.images import read_image
 
 
-@pytest.mark.parametrize(("mode", "channels"), [("RGB", 3), ("RGB", 1), ("L", 3), ("P", 3), ("RGBA", 1)])
-def test_bytes_decode_to_the_pixels_a_gallery_file_gets(tmp_path: Path, mode: str, channels: int) -> None:
-    pixels = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+@pytest.mark.parametrize("shape", [(37, 53), (5, 9)], ids=["smaller", "larger"])
+@pytest.mark.parametrize(
+    ("mode", "channels"), [("RGB", 3), ("RGB", 1), ("L", 3), ("L", 1), ("P", 3), ("RGBA", 1), ("RGBA", 3)]
+)
+def test_bytes_decode_to_the_pixels_a_gallery_file_gets(
+    tmp_path: Path, mode: str, channels: int, shape: tuple[int, int]
+) -> None:
+    """L and RGB files are resized before converting (less memory), the others after: the pixels are
+    the gallery's either way, when the image shrinks to the trained square and when it grows to it."""
+    pixels = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
     path = tmp_path / "photo.png"
     Image.fromarray(pixels).convert(mode).save(path)
     decoded = decode_image(path.read_bytes(), 16, channels)
@@ -67,3 +74,11 @@ def test_a_decompression_bomb_is_a_413_without_decoding(bomb_png: bytes) -> None
 def test_the_generated_blank_png_is_a_valid_image(make_blank_png) -> None:
     pixels = decode_image(make_blank_png(40, 30), 8, 1)
     assert pixels.shape == (1, 8, 8) and not pixels.any()
+
+
+def test_declared_pixels_come_from_the_header(make_blank_png, bomb_png: bytes) -> None:
+    assert declared_pixels(make_blank_png(300, 200)) == 60_000
+    assert declared_pixels(make_blank_png(7_000, 7_000)) == 49_000_000
+    # an unreadable header costs nothing: decode_image refuses it before decoding
+    assert declared_pixels(b"") == declared_pixels(b"not an image") == 0
+    assert declared_pixels(bomb_png) == 0  # over Pillow's own guard

@@ -3,6 +3,7 @@ index as `embedlab index add` grows it (also the app in process, searched while 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -289,3 +291,111 @@ def test_a_running_server_serves_the_index_an_add_grew(deployment, tmp_path: Pat
     top = _post(server, new[1].read_bytes(), k="1").json()["results"][0]
     assert (top["id"], top["label"], top["filename"]) == (37, "whale_y", "1.png")
     assert "reloaded: 39 items (was 36)" in server.log.read_text()
+
+
+@pytest.mark.parametrize("host", ["evil.example:{port}", "evil.example", "127.0.0.1:1", "10.1.2.3:{port}"])
+def test_a_host_header_that_does_not_name_the_server_is_a_400(server, host: str) -> None:
+    """DNS rebinding: a page whose name now resolves to 127.0.0.1 still sends its own name as Host."""
+    value = host.format(port=server.port)
+    for method, path in (("GET", "/healthz"), ("POST", "/search"), ("GET", "/")):
+        response = httpx.request(method, f"{server.url}{path}", headers={"Host": value})
+        assert response.status_code == 400, (method, path)
+        detail = response.json()["detail"]
+        assert f"the Host header {value!r} does not name this server" in detail
+        assert f"127.0.0.1:{server.port}" in detail and "--allow-host" in detail
+
+
+@pytest.mark.parametrize("name", ["localhost", "127.0.0.1"])
+def test_the_loopback_names_and_the_pages_own_origin_are_answered(server, deployment, name: str) -> None:
+    own = f"http://{name}:{server.port}"
+    data = (deployment.gallery / "whale_b" / "1.png").read_bytes()
+    response = httpx.post(
+        f"{own}/search", files={"file": ("q.png", data)}, headers={"Origin": own}, timeout=60
+    )
+    assert response.status_code == 200 and response.json()["results"][0]["label"] == "whale_b"
+    assert "access-control-allow-origin" not in response.headers  # same origin: no CORS needed
+
+
+def test_a_foreign_origin_is_a_403_without_cors_headers(server, deployment) -> None:
+    data = (deployment.gallery / "whale_b" / "1.png").read_bytes()
+    for origin in ("http://evil.example", f"http://localhost:{server.port + 1}", "null"):
+        response = httpx.post(
+            f"{server.url}/search", files={"file": ("q.png", data)}, headers={"Origin": origin}, timeout=60
+        )
+        assert response.status_code == 403, origin
+        assert "--allow-origin" in response.json()["detail"]
+        assert not any(name.startswith("access-control-") for name in response.headers)
+
+
+def _memory_mib(pid: int) -> dict[str, float]:
+    """VmRSS (resident now) and VmHWM (its peak) of a process, MiB, from /proc/PID/status."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields
+
+
+#: The burst: as issue 19 reported it, 24 uploads at once of a 148 KB RGB PNG declaring 50 megapixels.
+BURST_UPLOADS = 24
+BURST_SIDE = 7_071  # 7,071 x 7,071 = 50.0 megapixels, under the default limit of 64
+#: The server's default decode budget (ServerLimits.decode_budget_pixels: 2 x 64 megapixels) ...
+BUDGET_PIXELS = 128_000_000
+#: ... times what Pillow holds for an RGB image (4 bytes a pixel; RGB uploads are resized in their own
+#: mode, so no converted copy), is what the uploads being decoded at once may hold: 488 MiB.
+BUDGET_MIB = BUDGET_PIXELS * 4 / 2**20
+#: Beside the baseline and the budget: the uploads' bytes, the resized arrays, allocator slack.
+MARGIN_MIB = 256
+#: Once the burst is over, the server's RSS is back within this of where it started.
+AFTER_MIB = 128
+
+
+def test_a_burst_of_large_header_uploads_stays_within_the_decode_budget(
+    server, deployment, make_blank_png
+) -> None:
+    """Issue 19: 24 such uploads at once took the server from 0.83 to 7.08 GB, and 6.9 GB stayed
+    held. Now the peak RSS (VmHWM, reset before the burst where Linux allows it, and sampled) stays
+    under baseline + budget x 4 bytes + margin = baseline + 744 MiB, every answer is 200, 413 or 429,
+    the RSS returns to within 128 MiB of the baseline, and the server keeps serving."""
+    pid = server.process.pid
+    if not Path(f"/proc/{pid}/status").is_file():
+        pytest.skip("needs Linux's /proc/PID/status")
+    upload = make_blank_png(BURST_SIDE, BURST_SIDE, 3)
+    assert len(upload) < 200_000
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    baseline = _memory_mib(pid)["VmRSS"]
+    bound = baseline + BUDGET_MIB + MARGIN_MIB
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(_memory_mib(pid)["VmRSS"])
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(BURST_UPLOADS) as pool:
+            responses = list(pool.map(lambda _: _post(server, upload), range(BURST_UPLOADS)))
+    finally:
+        done.set()
+        sampler.join(5)
+    statuses = sorted(response.status_code for response in responses)
+    peak = max([*samples, _memory_mib(pid)["VmHWM"]])
+    print(f"baseline {baseline:.0f} MiB, peak {peak:.0f} MiB (bound {bound:.0f}), statuses {statuses}")
+    assert set(statuses) <= {200, 413, 429} and 200 in statuses, statuses
+    for response in responses:
+        if response.status_code == 429:
+            assert response.headers["retry-after"] == "1" and "decode budget" in response.json()["detail"]
+    assert peak <= bound, f"peak RSS {peak:.0f} MiB over the bound {bound:.0f} MiB (baseline {baseline:.0f})"
+    deadline = time.monotonic() + 10
+    while (after := _memory_mib(pid)["VmRSS"]) > baseline + AFTER_MIB and time.monotonic() < deadline:
+        time.sleep(0.2)
+    print(f"after the burst {after:.0f} MiB")
+    assert after <= baseline + AFTER_MIB, f"{after:.0f} MiB held after the burst (baseline {baseline:.0f})"
+    assert server.process.poll() is None
+    normal = _post(server, (deployment.gallery / "whale_e" / "3.png").read_bytes(), k="1")
+    assert normal.status_code == 200 and normal.json()["results"][0]["label"] == "whale_e"

@@ -104,19 +104,49 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body, MiB.")] = 20.0,
     max_megapixels: Annotated[float, typer.Option(help="Largest image decoded, megapixels.")] = 64.0,
     max_k: Annotated[int, typer.Option(help="Most results one request may ask for.")] = 100,
+    decode_budget_megapixels: Annotated[
+        float,
+        typer.Option(
+            help="Pixels all uploads being decoded at once may declare, megapixels; an upload beyond it "
+            "gets 429. At least --max-megapixels."
+        ),
+    ] = 128.0,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Another name the server answers to in the Host header (NAME or NAME:PORT; repeatable), "
+            "e.g. behind a reverse proxy."
+        ),
+    ] = None,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A web page origin allowed to call the API (scheme://host[:port]; repeatable); other "
+            "origins get 403."
+        ),
+    ] = None,
 ) -> None:
     """Serve the index over HTTP: POST /search, GET /items/{id}/image, GET /healthz, and a page at /."""
     from embedlab.serving.app import ServerLimits
     from embedlab.serving.app import serve as run_server
 
-    limits = ServerLimits(
-        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-        max_pixels=int(max_megapixels * 1_000_000),
-        max_k=max_k,
-        default_k=min(10, max_k),
-    )
     try:
-        run_server(index_dir, host=host, port=port, run_dir=run, limits=limits)
+        limits = ServerLimits(
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            max_pixels=int(max_megapixels * 1_000_000),
+            max_k=max_k,
+            default_k=min(10, max_k),
+            decode_budget_pixels=int(decode_budget_megapixels * 1_000_000),
+        )
+        run_server(
+            index_dir,
+            host=host,
+            port=port,
+            run_dir=run,
+            limits=limits,
+            allow_hosts=tuple(allow_host or ()),
+            allow_origins=tuple(allow_origin or ()),
+        )
     except USER_ERRORS as error:
         raise fail(str(error)) from None
 

@@ -10,7 +10,10 @@ Routes:
 Bad input gets a 4xx whose JSON `detail` is one sentence: 400 empty upload, 404 unknown item, 413 a
 body over max_upload_bytes (refused from its Content-Length before it is read, or when the count
 passes the limit) or an image over max_pixels (refused from its header before it is decoded), 415 not
-an image, 422 an undecodable image or a bad form field.
+an image, 422 an undecodable image or a bad form field, 429 (with Retry-After) an upload whose
+declared pixels do not fit in the decode budget beside the uploads being decoded
+(`embedlab.serving.decode_budget`). A Host that does not name the server gets 400, a foreign Origin
+403 (`embedlab.serving.access`).
 
 `serve` follows the index folder: every request is answered with the index as last written (`index
 add`, `calibrate`, `index build --force` while the server runs), reloaded on the first request after
@@ -34,13 +37,20 @@ import torch
 import uvicorn
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedlab.data.decoding import DEFAULT_MAX_PIXELS, ImageRejectedError
+from embedlab.data.decoding import DEFAULT_MAX_PIXELS, ImageRejectedError, declared_pixels
 from embedlab.index.search import ReloadingSearcher, SearcherSource
+from embedlab.serving.access import AccessPolicy, HostOriginGuard
 from embedlab.serving.batching import DEFAULT_MAX_BATCH, BatchedSearch
+from embedlab.serving.decode_budget import (
+    DEFAULT_DECODE_WORKERS,
+    RETRY_AFTER_S,
+    DecodeBudget,
+    DecodeBudgetExceededError,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -49,12 +59,23 @@ PAGE = "page.html"
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """What one request may ask for: body bytes, decoded pixels, results."""
+    """What one request may ask for (body bytes, decoded pixels, results), and what all the uploads
+    being decoded at once may hold: decode_budget_pixels, on decode_workers threads."""
 
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_k: int = 100
     default_k: int = 10
+    decode_budget_pixels: int = 2 * DEFAULT_MAX_PIXELS
+    decode_workers: int = DEFAULT_DECODE_WORKERS
+
+    def __post_init__(self) -> None:
+        if self.decode_budget_pixels < self.max_pixels:
+            raise ValueError(
+                f"the decode budget ({self.decode_budget_pixels / 1e6:g} megapixels) is below the largest "
+                f"image allowed ({self.max_pixels / 1e6:g} megapixels), which could then never be "
+                "decoded: raise --decode-budget-megapixels or lower --max-megapixels"
+            )
 
 
 class UploadSizeLimit:
@@ -130,13 +151,20 @@ def _validation_message(error: RequestValidationError) -> str:
 
 
 def create_app(
-    searcher: SearcherSource, limits: ServerLimits | None = None, max_batch: int = DEFAULT_MAX_BATCH
+    searcher: SearcherSource,
+    limits: ServerLimits | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    access: AccessPolicy | None = None,
 ) -> FastAPI:
     """The FastAPI app over a searcher (index + model; a `ReloadingSearcher` follows its folder), with
     the upload limit middleware; concurrent searches share forward passes of up to max_batch images (see
-    `embedlab.serving.batching`). Routes look up `searcher.current()` on worker threads, never on the
-    event loop (a reload is blocking work); a search reports the threshold that decided it."""
+    `embedlab.serving.batching`); uploads decode within the limits' decode budget; requests are answered
+    per the access policy (default: bound to 127.0.0.1:8000, no other names or origins). Routes look up
+    `searcher.current()` on worker threads, never on the event loop (a reload is blocking work); a search
+    reports the threshold that decided it."""
     limits = limits or ServerLimits()
+    access = access or AccessPolicy()
+    decoding = DecodeBudget(limits.decode_budget_pixels, limits.decode_workers)
     page = (resources.files("embedlab.serving") / PAGE).read_text()
     batched = BatchedSearch(searcher, max_batch)
 
@@ -147,9 +175,22 @@ def create_app(
             yield
         finally:
             await batched.stop()
+            decoding.shutdown()
 
     app = FastAPI(title="embedlab search", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    # Outermost last: the Host/Origin guard, then CORS (so that a 413 reaches an allowed page with its
+    # headers), then the upload limit.
     app.add_middleware(UploadSizeLimit, max_bytes=limits.max_upload_bytes)
+    if access.allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(access.allow_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type"],
+            max_age=600,
+        )
+    app.add_middleware(HostOriginGuard, policy=access)
+    app.state.decode_budget = decoding
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -174,6 +215,7 @@ def create_app(
             "max_pixels": limits.max_pixels,
             "max_k": limits.max_k,
             "default_k": limits.default_k,
+            "decode_budget_pixels": limits.decode_budget_pixels,
         }
 
     @app.post("/search")
@@ -183,11 +225,20 @@ def create_app(
     ) -> dict[str, Any]:
         data = await file.read()
         name = f"upload {file.filename!r}" if file.filename else "upload"
+        # The header says what the decode will hold; an image over max_pixels is refused before
+        # decoding, so it costs nothing.
+        declared = declared_pixels(data)
+        cost = declared if declared <= limits.max_pixels else 0
         try:
-            # Decoding is CPU work: on the thread pool, so the event loop keeps accepting requests.
-            pixels = await run_in_threadpool(lambda: searcher.current().decode(data, name, limits.max_pixels))
+            # Decoding is CPU work: on the budget's pool, so the event loop keeps accepting requests.
+            pixels = await decoding.run(
+                cost, lambda: searcher.current().decode(data, name, limits.max_pixels)
+            )
         except ImageRejectedError as error:
             raise HTTPException(status_code=error.status, detail=str(error)) from None
+        except DecodeBudgetExceededError as error:
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
+            raise HTTPException(status_code=429, detail=str(error), headers=headers) from None
         count = k or limits.default_k
         result = await batched.search(pixels, count)
         return {
@@ -232,14 +283,18 @@ def serve(
     port: int = DEFAULT_PORT,
     run_dir: str | Path | None = None,
     limits: ServerLimits | None = None,
+    allow_hosts: tuple[str, ...] = (),
+    allow_origins: tuple[str, ...] = (),
 ) -> None:
     """Load the index and its model, then serve the app until interrupted, following the index folder
-    as it is rewritten (see `create_app`)."""
+    as it is rewritten (see `create_app`); requests must name the bound address or one of allow_hosts,
+    and come from no page or its own or one of allow_origins."""
+    access = AccessPolicy(host, port, allow_hosts, allow_origins)  # checked before the model loads
     # A forward pass of a few small images is too little work to share between cores, and the event
     # loop and the decoding threads need a core too: intra-op threads would only contend with them
     # (on 2 loaded cores, a 16-pixel forward pass took 50 ms with 2 threads and 3 ms with 1).
     torch.set_num_threads(1)
-    app = create_app(ReloadingSearcher(index_dir, run_dir), limits)
+    app = create_app(ReloadingSearcher(index_dir, run_dir), limits, access=access)
     # embedlab's own messages (an index reloaded, or one that could not be) beside uvicorn's, alike.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["embedlab"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
