@@ -234,7 +234,7 @@ def test_the_app_answers_with_the_index_as_other_processes_grow_it(
         for n in range(2)
     ]
     query = deployment.gallery / "whale_d" / "5.png"
-    with TestClient(create_app(ReloadingSearcher(index_dir))) as client:
+    with TestClient(create_app(ReloadingSearcher(index_dir)), base_url="http://127.0.0.1:8000") as client:
         assert client.get("/healthz").json()["items"] == 36
         assert client.get("/items/36/image").status_code == 404
         adding = threading.Thread(
