@@ -98,6 +98,15 @@ def test_workers_decode_what_the_process_itself_would(unreadable_data, monkeypat
     assert with_workers.decoded == 20 and with_workers.unreadable == in_process.unreadable
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_check_leaves_the_global_random_state_alone(image_folder, workers) -> None:
+    # Weights are initialised after the check: a run must not depend on whether the cache was warm.
+    images = read_folder(image_folder, 8, 3).images
+    state = torch.get_rng_state()
+    assert check_files(images, f"cold {workers}", num_workers=workers).decoded == 20
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_the_cache_is_one_json_file_per_collection_under_xdg_cache_home(image_folder, own_cache) -> None:
     images = read_folder(image_folder, 8, 3).images
     check_files(images, "folder")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import PIL
+import torch
 from rich.progress import Progress
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
@@ -169,6 +170,10 @@ def check_files(
             batch_size=None,
             collate_fn=_as_is,
             num_workers=min(num_workers, len(batches)),
+            # A loader draws its workers' seed from this generator, by default from torch's global one:
+            # a check that ran (cold cache) or did not (warm) would then change the weights that are
+            # initialised after it, and a resumed run would not be the run it resumes.
+            generator=torch.Generator(),
         )
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(f"checking {len(pending)} images of {images.name}", total=len(pending))
