@@ -45,6 +45,49 @@ def write_image_folder(root: Path, classes: int = 4, per_class: int = 5, size: i
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """XDG_CACHE_HOME in a temporary folder for the whole session (subprocesses inherit it), so the
+    decode check's cache (data/check.py) never writes to the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("cache-home")
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
+@dataclass(frozen=True)
+class UnreadableData:
+    """A CSV over an image folder (4 classes x 5 PNGs) in which one PNG is truncated and one row names a
+    file that does not exist."""
+
+    csv: Path
+    truncated: Path
+    missing: Path
+
+
+def write_unreadable_data(folder: Path) -> UnreadableData:
+    root = write_image_folder(folder / "images", classes=4, per_class=5, size=12)
+    truncated = root / "id_0" / "1.png"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    missing = root / "id_1" / "gone.png"
+    table = folder / "photos.csv"
+    with table.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "label"])
+        for image in [*sorted(root.rglob("*.png")), missing]:
+            writer.writerow([str(image.relative_to(folder)), image.parent.name])
+    return UnreadableData(table, truncated, missing)
+
+
+@pytest.fixture
+def unreadable_data(tmp_path: Path) -> UnreadableData:
+    return write_unreadable_data(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def make_image_folder() -> Callable[..., Path]:
     """write_image_folder, for fixtures of a wider scope than image_folder's."""

@@ -176,3 +176,29 @@ def test_a_weights_file_that_runs_code_exits_2_in_one_sentence(tmp_path: Path, d
     assert result.returncode == 2, result.stdout + result.stderr
     assert "evil.pth cannot be loaded safely" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_train_on_unreadable_files_exits_2_in_one_sentence_or_skips_them(
+    tmp_path: Path, unreadable_data
+) -> None:
+    quick = [
+        "data.image_size=12",
+        "train.batch_size=4",
+        "train.max_steps_per_epoch=2",
+        "model.embedding_dim=8",
+    ]
+    config = tmp_path / "photos.yaml"
+    config.write_text(yaml.safe_dump({"data": {"dataset": str(unreadable_data.csv)}}))
+    options = [item for key in quick for item in ("--set", key)]
+    refused = run("train", str(config), "--out", str(tmp_path / "refused"), *options)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stdout + refused.stderr
+    said = " ".join(refused.stdout.split())  # rich wraps long lines
+    assert "2 of 21 image files cannot be used" in said and "data.skip_unreadable: true" in said
+    assert unreadable_data.truncated.name in said and unreadable_data.missing.name in said
+
+    out = tmp_path / "skipped"
+    skipped = run("train", str(config), "--out", str(out), *options, "--set", "data.skip_unreadable=true")
+    assert skipped.returncode == 0, skipped.stdout + skipped.stderr
+    assert "left out 2 unreadable image file(s)" in " ".join(skipped.stdout.split())
+    assert json.loads((out / "summary.json").read_text())["skipped_unreadable"] == 2

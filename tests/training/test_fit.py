@@ -177,3 +177,42 @@ def test_a_validation_split_without_positives_is_refused_before_the_first_step(
     monkeypatch.setattr(EmbeddingModule, "training_step", lambda *a: pytest.fail("a step ran"))
     with pytest.raises(ValueError, match="no validation query has a positive: each of the 3 queries"):
         fit(cfg, tmp_path / "run", progress=False)
+
+
+UNREADABLE_RUN = [
+    "data.image_size=12",
+    "train.batch_size=4",
+    "train.max_steps_per_epoch=2",
+    "model.embedding_dim=8",
+]
+
+
+def test_unreadable_files_are_refused_together_before_the_first_step(
+    tmp_path, unreadable_data, monkeypatch
+) -> None:
+    from embedlab.training.module import EmbeddingModule
+
+    monkeypatch.setattr(EmbeddingModule, "training_step", lambda *a: pytest.fail("a step ran"))
+    cfg, _ = load_config(None, [f"data.dataset={unreadable_data.csv}", *UNREADABLE_RUN])
+    with pytest.raises(ValueError, match="2 of 21 image files cannot be used") as raised:
+        fit(cfg, tmp_path / "run", progress=False)
+    assert str(unreadable_data.truncated) in str(raised.value)
+    assert str(unreadable_data.missing) in str(raised.value)
+    assert "data.skip_unreadable: true" in str(raised.value)
+
+
+def test_skip_unreadable_trains_without_them_and_counts_them_in_the_summary(
+    tmp_path, unreadable_data
+) -> None:
+    cfg, _ = load_config(
+        None, [f"data.dataset={unreadable_data.csv}", "data.skip_unreadable=true", *UNREADABLE_RUN]
+    )
+    result = fit(cfg, tmp_path / "run", progress=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped_unreadable"] == 2
+    assert [f["path"] for f in summary["skipped_unreadable_files"]] == [
+        str(unreadable_data.truncated),
+        str(unreadable_data.missing),
+    ]
+    assert json.loads((tmp_path / "run" / "split.json").read_text())["skipped_unreadable"] == 2
+    assert 0.0 <= result.metrics["precision_at_1"] <= 1.0

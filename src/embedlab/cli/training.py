@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from embedlab.cli.errors import console, fail, fail_once, launch_rank
 from embedlab.cli.options import SetOption
@@ -66,6 +67,14 @@ def train(
         raise fail_once(str(error), rank_zero_only.rank) from None
     if not result.main_process:
         return
+    skipped = result.summary.get("skipped_unreadable", 0)
+    if skipped:
+        named = ", ".join(f["path"] for f in result.summary["skipped_unreadable_files"][:5])
+        console.print(
+            f"left out {skipped} unreadable image file(s) (data.skip_unreadable): {escape(named)}"
+            f"{', ...' if skipped > 5 else ''}; see summary.json",
+            highlight=False,
+        )
     print_metrics(result.metrics, f"{result.run_dir}: final validation metrics")
     console.print(
         f"trained in {result.summary['train_seconds']:.1f} s "

@@ -55,6 +55,12 @@ class DataConfig(Section):
     m_per_class: int | None = Field(None, gt=0, description="m images per class in every batch")
     augment: AugmentConfig = AugmentConfig()
     num_workers: int = Field(0, ge=0, description="data-loading processes for image files")
+    skip_unreadable: bool = Field(
+        False,
+        description="image files are decoded once before training (cached by size and mtime); false: "
+        "missing or undecodable ones stop the run, listed in one error; true: they are left out and "
+        "counted in summary.json",
+    )
 
 
 class DOLGConfig(Section):

@@ -111,13 +111,19 @@ class InMemoryImages(LabelledImages):
         return InMemoryImages(**self._common_subset(indices, labels), images=self.images[indices])
 
 
+def decode_file(path: Path, image_size: int, channels: int) -> np.ndarray:
+    """One file's pixels, uint8 (image_size, image_size) or (image_size, image_size, 3); Pillow's own
+    errors, unchanged (`read_image` names the file in them)."""
+    with Image.open(path) as opened:
+        image = opened.convert("L" if channels == 1 else "RGB")
+        image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+
+
 def read_image(path: Path, image_size: int, channels: int) -> torch.Tensor:
     """Decode one file into a uint8 tensor (channels, image_size, image_size); errors name the file."""
     try:
-        with Image.open(path) as opened:
-            image = opened.convert("L" if channels == 1 else "RGB")
-            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
+        array = decode_file(path, image_size, channels)
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path} does not exist") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:

@@ -4,6 +4,10 @@ Training labels are re-coded to 0..C-1 (classification heads index their weights
 gallery labels keep the source's codes, so a query matches gallery items of its own identity whether
 the gallery is the training set or the validation set itself. The split is seeded and returned as a
 record that the run folder keeps (split.json).
+
+Image files are checked before they are split (data/check.py): every file is decoded once, and missing
+or undecodable ones stop the run in one error, or, with `data.skip_unreadable`, are left out of every
+split, so that each later `prepare_data` of the same config (evaluation, reports) makes the same split.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 
 from embedlab.config import DataConfig
 from embedlab.data.builtin import BUILTIN_SETS
+from embedlab.data.check import UnreadableFile, check_files, unreadable_message
 from embedlab.data.images import ImageFiles, InMemoryImages, LabelledImages
 from embedlab.data.sources import FileSource, read_csv, read_folder
 
@@ -34,6 +39,7 @@ class DataSplits:
     channels: int
     image_size: int
     record: dict[str, Any] = field(default_factory=dict)
+    skipped: list[UnreadableFile] = field(default_factory=list)
 
 
 def concat(parts: list[InMemoryImages], name: str) -> InMemoryImages:
@@ -75,36 +81,67 @@ def _subsample(images: LabelledImages, limit: int | None, generator: torch.Gener
     return images.subset(chosen)
 
 
-def _load_source(cfg: DataConfig) -> tuple[LabelledImages, LabelledImages | None, FileSource | None]:
-    """(all or train images, predefined validation images or None, the file source if any)."""
+def _checked(
+    source: FileSource, collection: str, cfg: DataConfig, progress: bool
+) -> tuple[FileSource, list[UnreadableFile]]:
+    """The source with its unreadable files left out (data.skip_unreadable), and those files; without
+    skip_unreadable, any unreadable file is an error that lists them."""
+    found = check_files(source.images, collection, num_workers=cfg.num_workers, progress=progress)
+    total = len(source.images)
+    if not found.unreadable:
+        return source, []
+    if not cfg.skip_unreadable:
+        raise ValueError(unreadable_message(found.unreadable, total))
+    if len(found.unreadable) == total:
+        raise ValueError(
+            f"{source.images.name}: none of its {total} image files can be used "
+            f"({found.unreadable[0].describe()}, ...), so data.skip_unreadable leaves nothing to train on"
+        )
+    keep = torch.ones(total, dtype=torch.bool)
+    keep[[u.position for u in found.unreadable]] = False
+    kept = torch.nonzero(keep).flatten()
+    split = None if source.split is None else [source.split[i] for i in kept.tolist()]
+    return FileSource(images=source.images.subset(kept), split=split), found.unreadable
+
+
+def _load_source(
+    cfg: DataConfig, progress: bool
+) -> tuple[LabelledImages, LabelledImages | None, FileSource | None, list[UnreadableFile]]:
+    """(all or train images, predefined validation images or None, the file source if any, the files
+    left out as unreadable)."""
     if cfg.dataset in BUILTIN_SETS:
         builtin = BUILTIN_SETS[cfg.dataset]()
-        return builtin.train, builtin.test, None
+        return builtin.train, builtin.test, None, []
     path = Path(cfg.dataset).expanduser()
     size = cfg.image_size or DEFAULT_FILE_IMAGE_SIZE
     channels = cfg.channels or 3
     if path.suffix.lower() == ".csv":
-        source = read_csv(path, size, channels, Path(cfg.root) if cfg.root else None)
+        root = Path(cfg.root) if cfg.root else None
+        source = read_csv(path, size, channels, root)
+        collection = f"csv {path.resolve()} root {root.resolve() if root else ''}"
     elif path.is_dir():
         source = read_folder(path, size, channels)
+        collection = f"folder {path.resolve()}"
     else:
         raise FileNotFoundError(
             f"data.dataset {cfg.dataset!r} is neither a built-in set ({', '.join(BUILTIN_SETS)}), "
             "nor an existing folder, nor a .csv file"
         )
+    source, skipped = _checked(source, collection, cfg, progress)
     if source.split is None:
-        return source.images, None, source
+        return source.images, None, source, skipped
     in_train = torch.tensor([s == "train" for s in source.split])
     train = source.images.subset(torch.nonzero(in_train).flatten())
     validation_positions = torch.nonzero(~in_train).flatten()
     if len(validation_positions) == 0:
         raise ValueError(f"{path}: the split column names no validation rows")
-    return train, source.images.subset(validation_positions), source
+    return train, source.images.subset(validation_positions), source, skipped
 
 
-def prepare_data(cfg: DataConfig) -> DataSplits:
-    """Load the configured dataset and make its training, query and gallery sets."""
-    everything, predefined, source = _load_source(cfg)
+def prepare_data(cfg: DataConfig, *, progress: bool = False) -> DataSplits:
+    """Load the configured dataset, check its image files (progress: show a bar while they are
+    decoded), and make its training, query and gallery sets."""
+    everything, predefined, source, skipped = _load_source(cfg, progress)
     generator = torch.Generator().manual_seed(cfg.validation.seed)
     mode = cfg.validation.split
     if mode == "auto":
@@ -152,6 +189,7 @@ def prepare_data(cfg: DataConfig) -> DataSplits:
         "gallery_images": len(gallery) if gallery is not None else len(query),
         "train_classes": [_name(names, int(c)) for c in train_classes],
         "validation_classes": [_name(names, int(c)) for c in torch.unique(validation.labels)],
+        "skipped_unreadable": len(skipped),
     }
     return DataSplits(
         train=training,
@@ -162,6 +200,7 @@ def prepare_data(cfg: DataConfig) -> DataSplits:
         channels=cfg.channels or everything.channels,
         image_size=cfg.image_size or everything.image_size,
         record=record,
+        skipped=skipped,
     )
 
 

@@ -48,6 +48,9 @@ from embedlab.training.run_dir import (
 from embedlab.training.validation import check_validation_has_positives
 from embedlab.versions import package_versions
 
+#: Files left out as unreadable (data.skip_unreadable) that summary.json names; all are counted.
+SHOWN_SKIPPED = 20
+
 
 @dataclass
 class RunResult:
@@ -134,7 +137,8 @@ def fit(
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
     resumed_epoch = None if resume_from is None else int(load_torch_file(resume_from)["epoch"])
-    data = prepare_data(cfg.data)
+    # Image files are decoded once here, before anything is built: a broken file stops the run now.
+    data = prepare_data(cfg.data, progress=progress and main_process)
     check_validation_has_positives(data.query, data.gallery)
     embedder = build_embedder(cfg.model, data.channels, data.image_size)
     if cfg.train.channels_last:
@@ -252,6 +256,10 @@ def fit(
         "wall_seconds": round(time.perf_counter() - started, 3),
         "num_classes": data.num_classes,
         "train_images": len(data.train),
+        "skipped_unreadable": len(data.skipped),
+        "skipped_unreadable_files": [
+            {"path": str(u.path), "reason": u.reason} for u in data.skipped[:SHOWN_SKIPPED]
+        ],
         "processes": layout.world_size,
         "versions": package_versions(),
     }
