@@ -60,3 +60,42 @@ def test_image_files_batch(image_folder) -> None:
     data = ImageFiles(labels=torch.tensor([0, 0, 1]), paths=paths, size=6, num_channels=3)
     batch, labels = data[[0, 2]]
     assert batch.shape == (2, 3, 6, 6) and labels.tolist() == [0, 1]
+
+
+def _halves(path, width: int = 20, height: int = 10) -> None:
+    """Left half red, right half blue."""
+    image = Image.new("RGB", (width, height), (255, 0, 0))
+    image.paste((0, 0, 255), (width // 2, 0, width, height))
+    image.save(path)
+
+
+def test_a_box_crops_the_image_before_it_is_resized(tmp_path) -> None:
+    _halves(tmp_path / "halves.png")
+    right = read_image(tmp_path / "halves.png", 4, 3, box=(10, 0, 20, 10))
+    assert right[2].min() == 255 and right[0].max() == 0  # all blue
+    whole = read_image(tmp_path / "halves.png", 4, 3)
+    assert whole[0, :, 0].min() == 255 and whole[2, :, -1].min() == 255  # red left, blue right
+
+
+def test_a_box_is_clipped_to_the_image_and_one_outside_it_names_the_file(tmp_path) -> None:
+    _halves(tmp_path / "halves.png")
+    clipped = read_image(tmp_path / "halves.png", 4, 3, box=(10, -5, 99, 99))
+    assert torch.equal(clipped, read_image(tmp_path / "halves.png", 4, 3, box=(10, 0, 20, 10)))
+    with pytest.raises(ValueError, match=r"halves.png .*box \(30, 0, 40, 10\) .*leaves nothing"):
+        read_image(tmp_path / "halves.png", 4, 3, box=(30, 0, 40, 10))
+
+
+def test_image_files_read_each_item_with_its_own_box_and_subsets_keep_them(tmp_path) -> None:
+    _halves(tmp_path / "halves.png")
+    files = ImageFiles(
+        labels=torch.tensor([0, 1, 2]),
+        paths=[tmp_path / "halves.png"] * 3,
+        size=4,
+        num_channels=3,
+        boxes=[(0, 0, 10, 10), (10, 0, 20, 10), None],
+    )
+    images, _ = files[torch.arange(3)]
+    assert images[0, 0].min() == 255 and images[0, 2].max() == 0  # the red half
+    assert images[1, 2].min() == 255 and images[1, 0].max() == 0  # the blue half
+    subset = files.subset(torch.tensor([1]))
+    assert subset.boxes == [(10, 0, 20, 10)] and torch.equal(subset[0][0], images[1])

@@ -56,3 +56,26 @@ def test_csv_empty_paths_are_refused_and_long_lists_are_cut(tmp_path) -> None:
         ValueError, match=r"'path' column is empty in row\(s\) 2, 3, .*, 11, \.\.\. \(40 rows\)"
     ):
         read_csv(path, 8, 3)
+
+
+def test_csv_bounding_boxes_are_read_per_row(tmp_path) -> None:
+    path = tmp_path / "boxes.csv"
+    path.write_text("path,label,x_1,y_1,x_2,y_2\na.png,1,0,0,10,8\nb.png,2,,,,\nc.png,2,1.0,2.0,5.6,9\n")
+    images = read_csv(path, 8, 3).images
+    assert images.boxes == [(0, 0, 10, 8), None, (1, 2, 6, 9)]
+    assert images.extra is not None and images.extra[0]["x_2"] == "10"
+
+
+@pytest.mark.parametrize(
+    ("header", "row", "message"),
+    [
+        ("path,label,x_1,y_1,x_2", "a.png,1,0,0,3", "lacks y_2; give all of x_1, y_1, x_2, y_2"),
+        ("path,label,x_1,y_1,x_2,y_2", "a.png,1,0,0,wide,3", r"row 2: the box .* must be four numbers"),
+        ("path,label,x_1,y_1,x_2,y_2", "a.png,1,5,0,5,3", r"row 2: the box needs x_1 < x_2 and y_1 < y_2"),
+    ],
+)
+def test_csv_bad_bounding_boxes_name_the_row_or_the_column(tmp_path, header, row, message) -> None:
+    path = tmp_path / "boxes.csv"
+    path.write_text(f"{header}\n{row}\n")
+    with pytest.raises(ValueError, match=message):
+        read_csv(path, 8, 3)

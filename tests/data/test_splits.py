@@ -79,3 +79,22 @@ def test_subsampling_caps_each_split() -> None:
         )
     )
     assert len(data.train) == 100 and len(data.query) == 100
+
+
+def test_bounding_boxes_follow_their_rows_into_every_split(tmp_path, make_image_folder) -> None:
+    import csv
+
+    root = make_image_folder(tmp_path / "images", classes=4, per_class=4, size=12)
+    table = tmp_path / "boxes.csv"
+    with table.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "label", "split", "x_1", "y_1", "x_2", "y_2"])
+        for n, image in enumerate(sorted(root.rglob("*.png"))):
+            split = "validation" if image.parent.name == "id_3" else "train"
+            writer.writerow([str(image), image.parent.name, split, 0, 0, 4 + n % 8, 12])
+    data = prepare_data(DataConfig(dataset=str(table), image_size=8))
+    for part in (data.train, data.query):
+        assert part.boxes is not None
+        for path, box in zip(part.paths, part.boxes, strict=True):
+            n = sorted(root.rglob("*.png")).index(path)
+            assert box == (0, 0, 4 + n % 8, 12)

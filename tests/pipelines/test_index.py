@@ -58,6 +58,30 @@ def test_a_csv_gallery_keeps_extra_columns_and_honours_is_gallery(deployment, tm
     assert load_index(tmp_path / "index").items == index.items
 
 
+def test_a_csv_gallery_is_cropped_to_its_bounding_boxes(deployment, tmp_path: Path) -> None:
+    """Each gallery photo pasted into a larger canvas of another colour, with its box: the index holds
+    the vectors of the photos themselves."""
+    from PIL import Image
+
+    originals = sorted(deployment.gallery.rglob("*.png"))[::6]
+    table = tmp_path / "boxes.csv"
+    with table.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "label", "x_1", "y_1", "x_2", "y_2"])
+        for n, original in enumerate(originals):
+            photo = Image.open(original).convert("RGB")
+            canvas = Image.new("RGB", (photo.width * 3, photo.height * 2), (128, 128, 128))
+            left, top = photo.width + n % 3, photo.height // 2
+            canvas.paste(photo, (left, top))
+            canvas.save(tmp_path / f"scene{n}.png")
+            box = (left, top, left + photo.width, top + photo.height)
+            writer.writerow([f"scene{n}.png", original.parent.name, *box])
+    cropped = build_gallery_index(deployment.run_dir, [table], tmp_path / "cropped", progress=False)
+    plain = build_gallery_index(deployment.run_dir, originals, tmp_path / "plain", progress=False)
+    np.testing.assert_allclose(cropped.embeddings, plain.embeddings, atol=1e-6)
+    assert cropped.items[0].extra["x_1"] == str(Image.open(originals[0]).width)  # the box stays as metadata
+
+
 def test_loose_files_take_their_folder_name_or_the_given_label(deployment) -> None:
     files = [deployment.gallery / "whale_b" / "0.png", deployment.new_identities / "whale_x" / "1.png"]
     by_folder = read_gallery(files, 16, 3)

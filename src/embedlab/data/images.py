@@ -111,22 +111,40 @@ class InMemoryImages(LabelledImages):
         return InMemoryImages(**self._common_subset(indices, labels), images=self.images[indices])
 
 
-def decode_file(path: Path, image_size: int, channels: int) -> np.ndarray:
-    """One file's pixels, uint8 (image_size, image_size) or (image_size, image_size, 3); Pillow's own
-    errors, unchanged (`read_image` names the file in them)."""
+#: A bounding box in pixels of the file, (x_1, y_1, x_2, y_2): open-metric-learning's columns; the image
+#: is cropped to columns x_1 .. x_2 - 1 and rows y_1 .. y_2 - 1 before it is resized.
+Box = tuple[int, int, int, int]
+
+
+def crop_to_box(image: Image.Image, box: Box) -> Image.Image:
+    """The part of `image` inside `box`, clipped to the image as array slicing clips (OML crops
+    `image[y_1:y_2, x_1:x_2]`); a box that leaves nothing of the image is an error."""
+    x_1, y_1, x_2, y_2 = box
+    width, height = image.size
+    left, top, right, bottom = max(x_1, 0), max(y_1, 0), min(x_2, width), min(y_2, height)
+    if right <= left or bottom <= top:
+        raise ValueError(f"the box {box} (x_1, y_1, x_2, y_2) leaves nothing of the {width}x{height} image")
+    return image.crop((left, top, right, bottom))
+
+
+def decode_file(path: Path, image_size: int, channels: int, box: Box | None = None) -> np.ndarray:
+    """One file's pixels, uint8 (image_size, image_size) or (image_size, image_size, 3), cropped to
+    `box` first when given; Pillow's own errors, unchanged (`read_image` names the file in them)."""
     with Image.open(path) as opened:
-        image = opened.convert("L" if channels == 1 else "RGB")
+        image = opened if box is None else crop_to_box(opened, box)
+        image = image.convert("L" if channels == 1 else "RGB")
         image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
 
 
-def read_image(path: Path, image_size: int, channels: int) -> torch.Tensor:
-    """Decode one file into a uint8 tensor (channels, image_size, image_size); errors name the file."""
+def read_image(path: Path, image_size: int, channels: int, box: Box | None = None) -> torch.Tensor:
+    """Decode one file (cropped to `box`, if any) into a uint8 tensor (channels, image_size,
+    image_size); errors name the file."""
     try:
-        array = decode_file(path, image_size, channels)
+        array = decode_file(path, image_size, channels, box)
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"image file {path} cannot be read as an image: {error}") from None
     tensor = torch.from_numpy(array.copy())
     return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
@@ -134,23 +152,33 @@ def read_image(path: Path, image_size: int, channels: int) -> torch.Tensor:
 
 @dataclass
 class ImageFiles(LabelledImages):
-    """Images read from files on demand, resized to a square of `size` pixels."""
+    """Images read from files on demand (each cropped to its bounding box, when `boxes` has one),
+    resized to a square of `size` pixels."""
 
     paths: list[Path] = field(default_factory=list)
     size: int = 224
     num_channels: int = 3
     extra: list[dict[str, str]] | None = None
+    boxes: list[Box | None] | None = None
 
     def __post_init__(self) -> None:
         self.labels = check_labels(self.labels, self.name)
         if len(self.paths) != self.labels.shape[0]:
             raise ValueError(f"{self.name}: {len(self.paths)} paths but {self.labels.shape[0]} labels")
+        if self.boxes is not None and len(self.boxes) != len(self.paths):
+            raise ValueError(f"{self.name}: {len(self.boxes)} boxes but {len(self.paths)} paths")
+
+    def box(self, position: int) -> Box | None:
+        return None if self.boxes is None else self.boxes[position]
+
+    def read(self, position: int) -> torch.Tensor:
+        return read_image(self.paths[position], self.size, self.num_channels, self.box(position))
 
     def __getitem__(self, index: Index) -> tuple[torch.Tensor, torch.Tensor]:
         position = _as_index_tensor(index)
         if isinstance(position, int):
-            return read_image(self.paths[position], self.size, self.num_channels), self.labels[position]
-        images = [read_image(self.paths[i], self.size, self.num_channels) for i in position.tolist()]
+            return self.read(position), self.labels[position]
+        images = [self.read(i) for i in position.tolist()]
         return torch.stack(images) if images else torch.empty(0), self.labels[position]
 
     @property
@@ -169,6 +197,7 @@ class ImageFiles(LabelledImages):
             size=self.size,
             num_channels=self.num_channels,
             extra=None if self.extra is None else [self.extra[i] for i in chosen],
+            boxes=None if self.boxes is None else [self.boxes[i] for i in chosen],
         )
 
 

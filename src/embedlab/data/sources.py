@@ -2,21 +2,25 @@
 
 Folder: `ROOT/<label>/<image>`, one sub-folder per identity. CSV: columns `path` and `label`, optional
 `split` (train | validation), `is_query`, `is_gallery` (validation roles) and `group` (items hidden from
-each other, such as photos of one sighting); relative paths start at `root` or the CSV's folder.
+each other, such as photos of one sighting), and `x_1, y_1, x_2, y_2` (a bounding box in pixels: the
+image is cropped to it wherever it is read, as open-metric-learning does); relative paths start at
+`root` or the CSV's folder.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from embedlab.data.images import ImageFiles
+from embedlab.data.images import Box, ImageFiles
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 REQUIRED_CSV_COLUMNS = ("path", "label")
+BOX_COLUMNS = ("x_1", "y_1", "x_2", "y_2")
 SPLIT_NAMES = {"train": "train", "validation": "validation", "val": "validation", "test": "validation"}
 
 
@@ -94,6 +98,37 @@ def _refuse_empty(path: Path, rows: list[dict[str, str]], column: str) -> None:
         )
 
 
+def _boxes(path: Path, rows: list[dict[str, str]], columns: Sequence[str]) -> list[Box | None] | None:
+    """Each row's bounding box from open-metric-learning's x_1, y_1, x_2, y_2 columns (pixels; a row
+    with the four cells empty has none), or None when the CSV has no such columns."""
+    present = [c for c in BOX_COLUMNS if c in columns]
+    if not present:
+        return None
+    if len(present) < len(BOX_COLUMNS):
+        missing = ", ".join(c for c in BOX_COLUMNS if c not in columns)
+        raise ValueError(
+            f"CSV file {path} has bounding-box columns but lacks {missing}; give all of x_1, y_1, x_2, y_2"
+        )
+    boxes: list[Box | None] = []
+    for number, row in enumerate(rows, start=2):
+        cells = [(row.get(c) or "").strip() for c in BOX_COLUMNS]
+        if not any(cells):
+            boxes.append(None)
+            continue
+        try:
+            x_1, y_1, x_2, y_2 = (round(float(cell)) for cell in cells)
+        except ValueError:
+            raise ValueError(
+                f"{path}, row {number}: the box x_1, y_1, x_2, y_2 must be four numbers, got {cells}"
+            ) from None
+        if x_2 <= x_1 or y_2 <= y_1:
+            raise ValueError(
+                f"{path}, row {number}: the box needs x_1 < x_2 and y_1 < y_2, got {(x_1, y_1, x_2, y_2)}"
+            )
+        boxes.append((x_1, y_1, x_2, y_2))
+    return boxes
+
+
 def read_csv(path: Path, image_size: int, channels: int, root: Path | None = None) -> FileSource:
     if not path.is_file():
         raise FileNotFoundError(f"CSV file {path} does not exist")
@@ -131,6 +166,7 @@ def read_csv(path: Path, image_size: int, channels: int, root: Path | None = Non
         if column in columns:
             flags = [_flag(r[column], path, n, column) for n, r in enumerate(rows, start=2)]
             roles[column] = torch.tensor(flags, dtype=torch.bool)
+    boxes = _boxes(path, rows, columns)
     known = {"path", "label", "split", "is_query", "is_gallery", "group"}
     extra = [{k: v for k, v in r.items() if k not in known} for r in rows]
     images = ImageFiles(
@@ -144,5 +180,6 @@ def read_csv(path: Path, image_size: int, channels: int, root: Path | None = Non
         size=image_size,
         num_channels=channels,
         extra=extra,
+        boxes=boxes,
     )
     return FileSource(images=images, split=split)

@@ -225,4 +225,5 @@ def _concat_files(first: LabelledImages, second: LabelledImages) -> LabelledImag
         size=first.size,
         num_channels=first.num_channels,
         extra=None if first.extra is None or second.extra is None else first.extra + second.extra,
+        boxes=None if first.boxes is None or second.boxes is None else first.boxes + second.boxes,
     )
