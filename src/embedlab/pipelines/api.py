@@ -362,7 +362,9 @@ class Index:
         """The images as this index's query vectors (N, D): its model(s), views and whitening."""
         settings = self._searcher.index.manifest.preprocessing
         parts = [self._searcher.embed(b) for b in _batches(images, settings.image_size, settings.channels)]
-        return np.concatenate(parts) if parts else np.zeros((0, self._searcher.index.manifest.vector_dim))
+        if not parts:
+            return np.zeros((0, self._searcher.index.manifest.vector_dim), dtype=np.float32)
+        return np.concatenate(parts)
 
     def search(self, images: Any, k: int = 10) -> list[QueryResult]:
         """The top-k gallery items of each image, best first (`.hits`: label, path, score, id), and
