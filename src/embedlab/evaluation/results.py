@@ -26,6 +26,32 @@ class RetrievalResult:
     per_class: dict[int, dict[str, float]] | None = None
     search_recall: RecallRecord | None = field(default=None)
 
+    def to_markdown(self) -> str:
+        """The metrics (4 decimals) and the query counts as a Markdown table, which reads as plain text
+        too: what `print(result)` shows, and what a notebook renders."""
+        rows = [(name, f"{value:.4f}") for name, value in self.metrics.items()]
+        rows += [
+            ("n_queries", str(self.n_queries)),
+            ("n_queries_without_positives", str(self.n_queries_without_positives)),
+        ]
+        if self.search_recall is not None:
+            recall = self.search_recall
+            rows.append((f"{recall.method} recall@{recall.k} vs exact", f"{recall.recall:.4f}"))
+        width = max(len("metric"), *(len(name) for name, _ in rows))
+        digits = max(len("value"), *(len(value) for _, value in rows))
+        lines = [
+            f"| {'metric':<{width}} | {'value':>{digits}} |",
+            f"|{'-' * (width + 2)}|{'-' * (digits + 1)}:|",
+        ]
+        lines += [f"| {name:<{width}} | {value:>{digits}} |" for name, value in rows]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the metrics, n_queries and n_queries_without_positives (plus per_class with string
         keys and the approximate search recall, when present)."""
