@@ -202,3 +202,72 @@ def test_train_on_unreadable_files_exits_2_in_one_sentence_or_skips_them(
     assert skipped.returncode == 0, skipped.stdout + skipped.stderr
     assert "left out 2 unreadable image file(s)" in " ".join(skipped.stdout.split())
     assert json.loads((out / "summary.json").read_text())["skipped_unreadable"] == 2
+
+
+def _probe(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a Python process and print its exit status and whether torch / Lightning loaded."""
+    probe = (
+        "import sys\n"
+        "from embedlab.cli import app\n"
+        "try:\n"
+        f"    app({args!r}, prog_name='embedlab')\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code, 'torch' in sys.modules, 'lightning' in sys.modules)\n"
+    )
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_bare_overrides_after_the_config_are_read_as_set_ones(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  epochs: 1\n")
+    bare = _probe(["train", str(config), "train.epochs=2", "model.embeding_dim=3"])
+    with_set = _probe(["train", str(config), "--set", "train.epochs=2", "--set", "model.embeding_dim=3"])
+    assert "unknown key 'model.embeding_dim'" in bare.stdout
+    assert bare.stdout == with_set.stdout and bare.stdout.strip().endswith("exit 2 False False")
+    compared = _probe(["compare", str(config), "--out", str(tmp_path / "cmp"), "train.epoch=2"])
+    assert "unknown key 'train.epoch'" in compared.stdout, compared.stdout
+
+
+def test_a_bare_argument_without_equals_names_key_value(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  epochs: 1\n")
+    result = _probe(["train", str(config), "other.yaml"])
+    assert "unexpected argument 'other.yaml'" in result.stdout and "KEY=VALUE" in result.stdout
+    assert result.stdout.strip().endswith("exit 2 False False")
+
+
+def test_init_writes_a_starter_config_and_refuses_to_overwrite_it(tmp_path: Path) -> None:
+    from embedlab.config import load_config, packaged_configs
+
+    for name, packaged in (("folder", "image_folder.yaml"), ("csv", "image_csv.yaml")):
+        written = run("init", name, cwd=tmp_path)
+        assert written.returncode == 0, written.stdout + written.stderr
+        assert (tmp_path / f"{name}.yaml").read_text() == packaged_configs()[packaged].read_text()
+    cfg, _ = load_config(tmp_path / "csv.yaml")
+    assert cfg.data.dataset == "photos.csv" and cfg.data.validation.split == "auto"
+    (tmp_path / "folder.yaml").write_text("# mine\n")
+    again = run("init", cwd=tmp_path)
+    assert again.returncode == 2 and "--force" in again.stdout
+    assert (tmp_path / "folder.yaml").read_text() == "# mine\n"
+    forced = run("init", "--force", cwd=tmp_path)
+    assert forced.returncode == 0 and (tmp_path / "folder.yaml").read_text() != "# mine\n"
+
+
+def test_a_grid_that_cannot_parse_is_refused_before_torch_is_imported(tmp_path: Path) -> None:
+    config = tmp_path / "grid.yaml"
+    config.write_text("grid:\n  train.monitor: [map_at_r, map_at_rr]\n")
+    out = tmp_path / "cmp"
+    result = _probe(["compare", str(config), "--out", str(out)])
+    assert "map_at_rr" in result.stdout, result.stdout
+    assert result.stdout.strip().endswith("exit 2 False False") and not out.exists()
+
+
+def test_evaluating_npy_files_imports_neither_torch_nor_lightning(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "q.npy", rng.normal(size=(30, 4)).astype(np.float32))
+    np.save(tmp_path / "ql.npy", np.arange(30) % 3)
+    files = ["--query-embeddings", str(tmp_path / "q.npy"), "--query-labels", str(tmp_path / "ql.npy")]
+    for steps in ([], ["--whiten", "3", "--qe", "1,0"]):
+        result = _probe(["evaluate", *files, *steps, "--json"])
+        assert "map_at_r" in result.stdout, result.stdout + result.stderr
+        assert result.stdout.strip().endswith("exit 0 False False"), result.stdout

@@ -57,3 +57,31 @@ def test_every_packaged_config_validates_with_each_grid_combination(name: str) -
     combinations = list(expand_grid(raw)) or [(name, raw)]
     for label, combination in combinations:
         parse_config(combination, f"{name} {label}")
+
+
+def test_a_grid_over_loss_name_replaces_the_whole_loss_block() -> None:
+    raw = {
+        "loss": {"name": "CircleLoss", "m": 0.4, "gamma": 80},
+        "grid": {"loss.m": [0.25], "loss.name": ["CircleLoss", "ArcFaceLoss"]},
+    }
+    variants = dict(expand_grid(raw))
+    # The config's own loss keeps its arguments; another loss gets none of them, and an axis over an
+    # argument of the block reaches the replaced block whatever the order of the axes.
+    assert variants["loss.m=0.25 loss.name=CircleLoss"]["loss"] == {
+        "name": "CircleLoss",
+        "m": 0.25,
+        "gamma": 80,
+    }
+    assert variants["loss.m=0.25 loss.name=ArcFaceLoss"]["loss"] == {"name": "ArcFaceLoss", "m": 0.25}
+
+
+def test_a_grid_over_miner_name_replaces_the_miner_block() -> None:
+    raw = {"miner": {"name": "TripletMarginMiner", "margin": 0.1}, "grid": {"miner.name": ["BatchHardMiner"]}}
+    [(_, variant)] = list(expand_grid(raw))
+    assert variant["miner"] == {"name": "BatchHardMiner"}
+
+
+def test_a_grid_over_loss_name_refuses_a_list_of_losses() -> None:
+    raw = {"loss": [{"name": "CircleLoss"}, {"name": "CosFaceLoss"}], "grid": {"loss.name": ["ArcFaceLoss"]}}
+    with pytest.raises(ConfigError, match="list whole blocks under grid.loss"):
+        list(expand_grid(raw))

@@ -47,3 +47,12 @@ def test_missing_file_and_bad_yaml_are_clear(tmp_path) -> None:
     bad.write_text("model: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_a_packaged_config_can_be_named_alone_from_any_folder(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("image_folder.yaml", "image_folder", "configs/image_folder.yaml"):
+        cfg, _ = load_config(name)
+        assert cfg.model.backbone == "resnet18"
+    with pytest.raises(ConfigError, match=r"image_csv.yaml.*embedlab init"):
+        load_config("photos.yaml")

@@ -28,3 +28,18 @@ def test_registering_a_pytorch_metric_learning_name_raises(name: str) -> None:
     shadow = type(name, (nn.Module,), {})
     with pytest.raises(ValueError, match="already registered"):
         LOSSES.register(shadow)
+
+
+def test_check_loss_arguments_raises_what_building_would_without_building() -> None:
+    from embedlab.losses.registry import check_loss_arguments, check_miner_arguments
+
+    check_loss_arguments("ArcFaceLoss", {"margin": 28.6, "scale": 64})
+    check_miner_arguments("MultiSimilarityMiner", {"epsilon": 0.1})
+    with pytest.raises(TypeError, match="loss 'ArcFaceLoss' does not take 'm'"):
+        check_loss_arguments("ArcFaceLoss", {"m": 0.4})
+    with pytest.raises(ValueError, match="num_classes come from the data"):
+        check_loss_arguments("ArcFaceLoss", {"num_classes": 3})
+    with pytest.raises(ValueError, match="unknown loss 'ArcFace'"):
+        check_loss_arguments("ArcFace", {})
+    with pytest.raises(TypeError, match="miner 'MultiSimilarityMiner' does not take 'margin'"):
+        check_miner_arguments("MultiSimilarityMiner", {"margin": 0.1})

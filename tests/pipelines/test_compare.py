@@ -1,6 +1,8 @@
 import csv
 
-from embedlab.config import load_config, parse_grid_option
+import pytest
+
+from embedlab.config import ConfigError, load_config, parse_grid_option
 from embedlab.pipelines.compare import compare
 from embedlab.training.fit import fit
 
@@ -49,3 +51,23 @@ def test_a_run_folder_of_another_config_is_trained_again(tmp_path, monkeypatch, 
     _, changed = load_config(None, [*quick_digits, "optimizer.lr=0.01"])
     compare(changed, tmp_path, progress=False)
     assert len(calls) == 1
+
+
+def test_a_grid_that_cannot_run_fails_before_any_run_folder_exists(tmp_path, quick_digits) -> None:
+    _, raw = load_config(None, quick_digits)
+    # ArcFaceLoss takes no `m`: the second combination cannot be built, so the first must not start.
+    raw["grid"] = {"loss": [{"name": "ContrastiveLoss"}, {"name": "ArcFaceLoss", "m": 0.4}]}
+    out = tmp_path / "cmp"
+    with pytest.raises(ConfigError, match=r"combination 'loss=ArcFaceLoss\(m=0.4\)' cannot run.*'m'"):
+        compare(raw, out, progress=False)
+    assert not out.exists()
+
+
+def test_a_grid_over_loss_names_gives_each_loss_its_own_block(tmp_path, quick_digits) -> None:
+    _, raw = load_config(None, [*quick_digits, "loss={name: CircleLoss, m: 0.4, gamma: 80}"])
+    raw["grid"] = {"loss.name": ["CircleLoss", "ContrastiveLoss"]}
+    comparison = compare(raw, tmp_path, progress=False)
+    assert {row.combination for row in comparison.rows} == {
+        "loss.name=CircleLoss",
+        "loss.name=ContrastiveLoss",
+    }

@@ -11,6 +11,7 @@ import typer
 from embedlab.cli.embedding import embed
 from embedlab.cli.evaluation import evaluate
 from embedlab.cli.index import index_app
+from embedlab.cli.init import init
 from embedlab.cli.reports import report
 from embedlab.cli.serving import calibrate, export, search, serve
 from embedlab.cli.training import compare, demo, train
@@ -20,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Train, compare, evaluate and serve embedding models for image retrieval.",
 )
-for _command in (train, evaluate, embed, compare, demo, report):
+for _command in (init, train, evaluate, embed, compare, demo, report):
     app.command()(_command)
 app.add_typer(index_app, name="index")
 for _command in (search, calibrate, serve, export):

@@ -55,9 +55,9 @@ def evaluate(
     With --ensemble, --tta, --whiten, --dba, --qe or --rerank, one row per step, each adding its step to
     the rows above it (in this order), so the table shows what each step added and what it cost.
     """
+    # .npy files and shards are scored without torch or Lightning: only a RUN_DIR imports them.
     from embedlab.evaluation import evaluate_embedding_files, evaluate_shards
     from embedlab.evaluation.shards import SHARD_METRICS
-    from embedlab.pipelines.evaluate import evaluate_run
     from embedlab.retrieval.postprocessing import steps_from_options
 
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
@@ -87,6 +87,8 @@ def evaluate(
                 steps,
             )
         elif run_dir is not None:
+            from embedlab.pipelines.evaluate import evaluate_run
+
             result = evaluate_run(run_dir, metric_names)
         else:
             assert query_embeddings is not None and query_labels is not None
@@ -123,13 +125,14 @@ def _evaluate_steps(
     tta: list[str],
     steps: list[StepConfig],
 ) -> list[StepResult]:
-    from embedlab.embeddings.encoder import EnsembleMember
     from embedlab.evaluation import DEFAULT_METRICS, load_embedding_files
     from embedlab.evaluation.steps import RetrievalProblem, postprocessing_rows, score_step
-    from embedlab.models.tta import TestTimeAugmentation
-    from embedlab.pipelines.evaluate import evaluate_run_steps
 
     if run_dir is not None:
+        from embedlab.embeddings.encoder import EnsembleMember
+        from embedlab.models.tta import TestTimeAugmentation
+        from embedlab.pipelines.evaluate import evaluate_run_steps
+
         return evaluate_run_steps(
             run_dir,
             metric_names,

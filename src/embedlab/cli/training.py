@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -10,19 +9,24 @@ import typer
 from rich.markup import escape
 
 from embedlab.cli.errors import console, fail, fail_once, launch_rank
-from embedlab.cli.options import SetOption
+from embedlab.cli.options import ConfigArgument, OverridesArgument, SetOption, config_overrides
 from embedlab.cli.tables import print_metrics
-from embedlab.config import ConfigError, load_config, parse_grid_option, read_yaml
+from embedlab.config import (
+    ConfigError,
+    expand_grid,
+    load_config,
+    packaged_configs,
+    parse_config,
+    parse_grid_option,
+    read_yaml,
+)
 
 DEMO_CONFIG = "fashion_mnist_losses.yaml"
 
 
-def packaged_config(name: str) -> Path:
-    return Path(str(resources.files("embedlab") / "configs" / name))
-
-
 def train(
-    config: Annotated[Path, typer.Argument(help="The experiment config (YAML).")],
+    config: ConfigArgument,
+    overrides: OverridesArgument = None,
     set_: SetOption = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<config name>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
@@ -38,7 +42,7 @@ def train(
     """Train one model and write its run folder (checkpoints, metrics.csv, summary.json, curves.png)."""
     # The config is read before torch and Lightning are imported, so a typo is reported at once.
     try:
-        cfg, _ = load_config(config, set_ or [])
+        cfg, _ = load_config(config, config_overrides(overrides, set_))
     except ConfigError as error:
         raise fail_once(str(error), launch_rank()) from None
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -84,18 +88,21 @@ def train(
 
 
 def compare(
-    config: Annotated[
-        Path, typer.Argument(help="The experiment config (YAML); its `grid` lists what to compare.")
-    ],
+    config: ConfigArgument,
     out: Annotated[Path, typer.Option(help="Folder for the runs and the leaderboard.")],
     grid: Annotated[list[str] | None, typer.Option(help="Another axis: KEY=V1,V2,... (repeatable).")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per combination: train.seed, train.seed + 1, ...")] = 1,
+    overrides: OverridesArgument = None,
     set_: SetOption = None,
 ) -> None:
     """Train every combination over several seeds and write leaderboard.csv and leaderboard.md."""
+    # Every combination is parsed before torch and Lightning are imported, so a typo in the grid is
+    # reported at once; the losses' own arguments are checked (with torch) before the first run.
     try:
-        _, raw = load_config(config, set_ or [])
+        _, raw = load_config(config, config_overrides(overrides, set_))
         axes = [parse_grid_option(option) for option in grid or []]
+        for label, variant in expand_grid(raw, axes):
+            parse_config(variant, f"combination {label!r}")
     except ConfigError as error:
         raise fail(str(error)) from None
     _run_comparison(raw, out, axes, seeds)
@@ -123,5 +130,5 @@ def demo(
     seeds: Annotated[int, typer.Option(help="Seeds per loss.")] = 1,
 ) -> None:
     """The founding comparison: one model, five metric losses (the last the recipe's), on Fashion-MNIST."""
-    raw = read_yaml(packaged_config(DEMO_CONFIG))
+    raw = read_yaml(packaged_configs()[DEMO_CONFIG])
     _run_comparison(raw, out, [], seeds)

@@ -11,9 +11,11 @@ from embedlab.config.grids import expand_grid, parse_grid_option
 from embedlab.config.loading import (
     ConfigError,
     load_config,
+    packaged_configs,
     parse_assignment,
     parse_config,
     read_yaml,
+    resolve_config_path,
     set_dotted,
 )
 from embedlab.config.reference import reference_markdown
@@ -46,10 +48,12 @@ __all__ = [
     "ValidationSplitConfig",
     "expand_grid",
     "load_config",
+    "packaged_configs",
     "parse_assignment",
     "parse_config",
     "parse_grid_option",
     "read_yaml",
     "reference_markdown",
+    "resolve_config_path",
     "set_dotted",
 ]

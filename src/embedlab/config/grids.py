@@ -36,12 +36,37 @@ def _block_label(block: Mapping[str, Any]) -> str:
     return config.label() if config.weight == 1.0 else f"{config.weight:g}*{config.label()}"
 
 
+#: Grid keys whose values name a block's class: each value replaces the whole block (`{name: VALUE}`), so
+#: one loss's arguments are not handed to the next. A value that names the config's own block keeps it.
+BLOCK_NAME_KEYS = ("loss.name", "miner.name", "loss.miner.name")
+
+
+def _set_axis(variant: dict[str, Any], key: str, value: Any) -> None:
+    if key not in BLOCK_NAME_KEYS:
+        set_dotted(variant, key, value)
+        return
+    block_key = key.removesuffix(".name")
+    if key.startswith("loss.") and isinstance(variant.get("loss"), list):
+        raise ConfigError(
+            f"grid.{key} needs a single loss block, but the config's loss is a list; "
+            "list whole blocks under grid.loss instead"
+        )
+    node: Any = variant
+    for part in block_key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    if isinstance(node, Mapping) and node.get("name") == value:
+        return
+    set_dotted(variant, block_key, {"name": value})
+
+
 def expand_grid(
     raw: Mapping[str, Any], extra_axes: Sequence[tuple[str, list[Any]]] = ()
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every combination of the config's own grid and the command line's, as (label, raw config).
 
     The label names the combination, e.g. `loss=CircleLoss(m=0.4, gamma=80) optimizer.lr=0.001`.
+    A value of `loss.name`, `miner.name` or `loss.miner.name` replaces that whole block with
+    `{name: VALUE}` (applied before the other axes, so `loss.m` on the same grid still reaches it).
     """
     base = {key: value for key, value in raw.items() if key != "grid"}
     axes: list[tuple[str, list[Any]]] = []
@@ -51,13 +76,15 @@ def expand_grid(
             raise ConfigError(f"grid.{key} must be a non-empty list of values")
         axes.append((key, values))
     axes.extend(extra_axes)
+    # Block replacements first, outer blocks before inner ones, then the other axes, which may set a
+    # replaced block's arguments.
+    order = sorted(range(len(axes)), key=lambda i: (axes[i][0] not in BLOCK_NAME_KEYS, axes[i][0].count(".")))
     if not axes:
         yield "default", copy.deepcopy(base)
         return
     for combination in itertools.product(*(values for _, values in axes)):
         variant = copy.deepcopy(base)
-        parts = []
-        for (key, _), value in zip(axes, combination, strict=True):
-            set_dotted(variant, key, copy.deepcopy(value))
-            parts.append(f"{key}={_value_label(value)}")
+        for index in order:
+            _set_axis(variant, axes[index][0], copy.deepcopy(combination[index]))
+        parts = [f"{key}={_value_label(value)}" for (key, _), value in zip(axes, combination, strict=True)]
         yield " ".join(parts), variant

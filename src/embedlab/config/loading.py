@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import difflib
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,32 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> ExperimentCo
         raise ConfigError(_format_validation_error(error, source)) from None
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def packaged_configs() -> dict[str, Path]:
+    """The configs shipped inside the package (src/embedlab/configs), by file name."""
+    folder = resources.files("embedlab") / "configs"
+    return {entry.name: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """`path` when it is a file; else a packaged config named alone (`image_folder.yaml`, `image_folder`)
+    or as the repository names it (`configs/image_folder.yaml`), so that these work from any folder."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    if path.is_file():
+        return path
+    packaged = packaged_configs()
+    if not path.is_absolute() and path.parent in (Path("."), Path("configs")):
+        for name in (path.name, f"{path.name}.yaml"):
+            if name in packaged:
+                return packaged[name]
+    raise ConfigError(
+        f"config file {path} does not exist. A packaged config can be named alone from any folder "
+        f"({', '.join(sorted(packaged))}), and `embedlab init` writes a starter config into this one"
+    )
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping; a packaged config may be named alone (`resolve_config_path`)."""
+    path = resolve_config_path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:

@@ -33,7 +33,8 @@ def reference_markdown() -> str:
         "# Config reference",
         "",
         "Generated from `embedlab.config` (a test keeps this file equal to `reference_markdown()`).",
-        "Every key is addressed by its dotted name in YAML, `--set KEY=VALUE` and `--grid KEY=V1,V2`.",
+        "Every key is addressed by its dotted name in YAML, in `KEY=VALUE` after the config (or "
+        "`--set KEY=VALUE`) and in `--grid KEY=V1,V2`.",
     ]
 
     def section(model: type[BaseModel], prefix: str) -> None:

@@ -232,7 +232,9 @@ class ExperimentConfig(Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     train: TrainConfig = TrainConfig()
     grid: dict[str, list[Any]] = Field(
-        default_factory=dict, description="compare: dotted key -> values; every combination is run"
+        default_factory=dict,
+        description="compare: dotted key -> values; every combination is run, each checked before the "
+        "first; a value of loss.name or miner.name replaces that whole block (no arguments carried over)",
     )
 
     @field_validator("loss", mode="before")

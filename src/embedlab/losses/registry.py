@@ -17,7 +17,7 @@ from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning.losses import BaseMetricLossFunction
 from pytorch_metric_learning.miners import BaseMiner
 
-from embedlab.registry import Registry, accepted_arguments
+from embedlab.registry import Registry, accepted_arguments, check_arguments
 
 LOSSES: Registry[torch.nn.Module] = Registry("loss")
 MINERS: Registry[BaseMiner] = Registry("miner")
@@ -73,6 +73,24 @@ def build_loss(
                 raise ValueError(f"loss {name!r} needs {key}, which the training data did not provide")
             filled[key] = available[key]
     return LOSSES.build(name, **filled)
+
+
+def check_loss_arguments(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise what `build_loss` would for this name and these arguments, without building the loss
+    (so that `compare` checks every combination of a grid before its first run)."""
+    cls = LOSSES.get(name)
+    clashes = sorted(set(kwargs) & set(DATA_ARGUMENTS))
+    if clashes:
+        raise ValueError(
+            f"loss {name!r}: {', '.join(clashes)} come from the data and the model; "
+            "remove them from the config"
+        )
+    check_arguments(cls, kwargs, f"loss {name!r}")
+
+
+def check_miner_arguments(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise what `build_miner` would for this name and these arguments, without building the miner."""
+    check_arguments(MINERS.get(name), kwargs, f"miner {name!r}")
 
 
 def build_miner(name: str, kwargs: Mapping[str, Any]) -> BaseMiner:

@@ -2,7 +2,9 @@
 
 Each run trains into DIR/runs/<combination>/seed-<seed>. A finished run of the same resolved config is
 reused and an unfinished one resumed, so an interrupted comparison picks up where it stopped; a run
-folder made by another config is trained again. The leaderboard goes to DIR/leaderboard.{csv,md}.
+folder made by another config is trained again. Every combination is parsed, and its losses and miners
+checked against their classes, before the first run: a grid that cannot run makes no folder. The
+leaderboard goes to DIR/leaderboard.{csv,md}.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from embedlab.config import ExperimentConfig, expand_grid, parse_config
+from embedlab.config import ConfigError, ExperimentConfig, expand_grid, parse_config
+from embedlab.losses.registry import check_loss_arguments, check_miner_arguments
 from embedlab.reporting.leaderboard import (
     LeaderboardRow,
     build_leaderboard,
@@ -53,6 +56,30 @@ def _finished_summary(run_dir: Path, cfg: ExperimentConfig) -> dict[str, Any] | 
     return None
 
 
+def check_combinations(
+    raw_config: Mapping[str, Any], grid: Sequence[tuple[str, list[Any]]] = ()
+) -> list[tuple[str, ExperimentConfig]]:
+    """Every combination of the grid, parsed, with each loss and miner checked against its class.
+
+    Raises ConfigError naming the first combination that cannot run, before any run folder is made.
+    """
+    combinations = list(expand_grid(raw_config, grid))
+    configs = [(label, parse_config(variant, f"combination {label!r}")) for label, variant in combinations]
+    labels = [label for label, _ in configs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"two combinations share a name: {labels}")
+    for label, cfg in configs:
+        try:
+            for spec in cfg.losses():
+                check_loss_arguments(spec.name, spec.kwargs())
+                miner = spec.miner or cfg.miner
+                if miner is not None:
+                    check_miner_arguments(miner.name, miner.kwargs())
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"combination {label!r} cannot run: {error}") from None
+    return configs
+
+
 def compare(
     raw_config: Mapping[str, Any],
     out_dir: str | Path,
@@ -66,11 +93,8 @@ def compare(
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     out_dir = Path(out_dir)
-    combinations = list(expand_grid(raw_config, grid))
-    configs = [(label, parse_config(variant, f"combination {label!r}")) for label, variant in combinations]
+    configs = check_combinations(raw_config, grid)
     labels = [label for label, _ in configs]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"two combinations share a name: {labels}")
     results: list[tuple[str, int, dict[str, Any]]] = []
     for label, cfg in configs:
         for offset in range(seeds):
