@@ -134,3 +134,13 @@ def test_the_report_opens_offline_in_chromium_without_errors_or_broken_images(
     page.screenshot(path=str(shot), full_page=True)
     with Image.open(shot) as image:
         assert image.size[0] == 1280 and image.size[1] > 2000  # no sideways overflow; the whole page
+
+
+def test_the_best_epoch_is_counted_from_1_as_the_progress_lines_count(report, tiny_comparison) -> None:
+    page = report.read_text()
+    for run in load_runs(tiny_comparison):
+        folder = html.escape(f"runs/{run.run_dir.parent.name}/seed-{run.seed}")
+        row = page.split(f'<td class="name">{folder}</td>')[1].split("</tr>")[0]
+        epochs, best = re.findall(r"<td>([^<]*)</td>", row)[:2]
+        # summary.json counts from 0, like metrics.csv; two epochs read "1" or "2", never "0".
+        assert (epochs, best) == ("2", str(run.summary["best_epoch"] + 1))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from embedlab.cli.errors import console, fail
-from embedlab.cli.tables import print_metrics
+from embedlab.cli.tables import print_metrics, print_table
 
 if TYPE_CHECKING:
     from embedlab.evaluation import RetrievalResult
@@ -161,7 +161,7 @@ def _print_step_rows(rows: list[StepResult]) -> None:
         cells = [f"{row.result.metrics[name]:.4f}" for name in names]
         label = row.step if index == 0 else f"+ {row.step}"
         table.add_row(label, *cells, f"{row.step_seconds:.1f}", f"{row.scoring_seconds:.1f}")
-    console.print(table)
+    print_table(table)
     first = rows[0].result
     console.print(
         f"{first.n_queries} queries, {first.n_queries_without_positives} without positives "

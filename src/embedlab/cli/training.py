@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from embedlab.cli.errors import console, fail, fail_once, launch_rank
 from embedlab.cli.options import ConfigArgument, OverridesArgument, SetOption, config_overrides
-from embedlab.cli.tables import print_metrics
+from embedlab.cli.tables import print_metrics, print_table
 from embedlab.config import (
     ConfigError,
     expand_grid,
@@ -109,18 +109,25 @@ def compare(
 
 
 def _run_comparison(raw: dict, out: Path, axes: list, seeds: int) -> None:
+    from embedlab.pipelines.compare import RunStart
     from embedlab.pipelines.compare import compare as run_compare
     from embedlab.reporting.leaderboard import leaderboard_table
     from embedlab.reporting.report import build_report
 
-    def announce(label: str, seed: int, run_dir: Path) -> None:
-        console.rule(f"{label} · seed {seed}")
+    def announce(run: RunStart) -> None:
+        # Plain text, never cut to the width: the combination's name in full, at the run's start.
+        console.print(
+            f"run {run.number} of {run.total}: {run.combination} seed {run.seed}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
     try:
         comparison = run_compare(raw, out, grid=axes, seeds=seeds, on_run=announce)
     except (ConfigError, ValueError, TypeError, FileNotFoundError) as error:
         raise fail(str(error)) from None
-    console.print(leaderboard_table(comparison.rows, comparison.metrics))
+    print_table(leaderboard_table(comparison.rows, comparison.metrics))
     console.print(f"leaderboard: {comparison.markdown_path} and {comparison.csv_path}")
     console.print(f"report: {build_report(out)}")
 

@@ -43,6 +43,17 @@ class Comparison:
     markdown_path: Path
 
 
+@dataclass(frozen=True)
+class RunStart:
+    """What `on_run` is told as a run starts: it is run `number` (from 1) of `total`."""
+
+    number: int
+    total: int
+    combination: str
+    seed: int
+    run_dir: Path
+
+
 def _same_config(run_dir: Path, cfg: ExperimentConfig) -> bool:
     path = run_dir / CONFIG_FILE
     return path.is_file() and path.read_text() == cfg.to_yaml()
@@ -87,9 +98,10 @@ def compare(
     grid: Sequence[tuple[str, list[Any]]] = (),
     seeds: int = 1,
     progress: bool = True,
-    on_run: Callable[[str, int, Path], None] | None = None,
+    on_run: Callable[[RunStart], None] | None = None,
 ) -> Comparison:
-    """Train every combination for `seeds` seeds (train.seed, train.seed + 1, ...) and rank them."""
+    """Train every combination for `seeds` seeds (train.seed, train.seed + 1, ...) and rank them;
+    `on_run` hears of each run before it starts (or is reused)."""
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     out_dir = Path(out_dir)
@@ -102,7 +114,7 @@ def compare(
             run_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
             run_dir = comparison_run_dir(out_dir, label, seed)
             if on_run is not None:
-                on_run(label, seed, run_dir)
+                on_run(RunStart(len(results) + 1, len(configs) * seeds, label, seed, run_dir))
             summary = _finished_summary(run_dir, run_cfg)
             if summary is None:
                 resume = (

@@ -283,6 +283,12 @@ def _run_visuals(run: RunRecord, data: dict[str, DataSplits], options: ReportOpt
     return '<div class="visuals">' + "".join(figures) + "</div>"
 
 
+def _best_epoch(summary: dict) -> str:
+    """The best epoch counted from 1, as the progress lines count (summary.json counts from 0)."""
+    best = summary.get("best_epoch")
+    return "-" if best is None else str(int(best) + 1)
+
+
 def _runs_section(runs: Sequence[RunRecord], folder: Path, options: ReportOptions) -> str:
     head = ("combination", "seed", "folder", "epochs", "best epoch", "train s", "wall s", "images/s")
     lines = []
@@ -293,7 +299,7 @@ def _runs_section(runs: Sequence[RunRecord], folder: Path, options: ReportOption
             f"<td>{run.seed}</td>",
             f'<td class="name">{_e(_relative(run.run_dir, folder))}</td>',
             f"<td>{s['epochs']}</td>",
-            f"<td>{s['best_epoch']}</td>",
+            f"<td>{_best_epoch(s)}</td>",
             f"<td>{float(s['train_seconds']):.1f}</td>",
             f"<td>{float(s['wall_seconds']):.1f}</td>",
             f"<td>{float(s['images_per_second']):.1f}</td>",

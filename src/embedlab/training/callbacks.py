@@ -59,11 +59,14 @@ class RetrievalValidation(L.Callback):
         self.train_images = 0
         self._epoch_start = 0.0
         self._epoch_images = 0
+        #: The metrics.csv row of the epoch that ended last (process 0 only), for the progress lines.
+        self.latest_row: dict[str, Any] | None = None
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
         self._epoch_images = 0
+        self.latest_row = None
 
     @override
     def on_train_batch_end(
@@ -136,6 +139,7 @@ class RetrievalValidation(L.Callback):
             "eval_seconds": round(eval_seconds, 3),
         }
         append_history(self.history_path, row)
+        self.latest_row = row
 
     def _embed(
         self, trainer: L.Trainer, pl_module: L.LightningModule

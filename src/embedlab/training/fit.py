@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from embedlab.training.distributed import resolve_layout
 from embedlab.training.loggers import run_loggers
 from embedlab.training.module import EmbeddingModule, NonFiniteLossError, NonFiniteWeightsError
 from embedlab.training.objective import build_objective
+from embedlab.training.progress import EpochBar, EpochLines
 from embedlab.training.run_dir import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
@@ -210,6 +212,11 @@ def fit(
         save_top_k=1,
         enable_version_counter=False,
     )
+    # A live bar on a terminal; one flushed line per epoch where a bar cannot be drawn (a log, CI).
+    live = progress and main_process and sys.stdout.isatty()
+    progress_callbacks: list[L.Callback] = [EpochBar()] if live else []
+    if progress and not live:
+        progress_callbacks.append(EpochLines(validation, cfg.train.monitor))
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs,
         accelerator="cpu",
@@ -223,13 +230,14 @@ def fit(
         callbacks=[
             *([averaging] if averaging is not None else []),
             validation,
+            *progress_callbacks,
             best_checkpoint,
             last_checkpoint,
         ],
         plugins=[AtomicCheckpointIO()],
         limit_train_batches=cfg.train.max_steps_per_epoch or 1.0,
         num_sanity_val_steps=0,
-        enable_progress_bar=progress,
+        enable_progress_bar=live,
         enable_model_summary=False,
         default_root_dir=out_dir,
     )
