@@ -178,6 +178,25 @@ def test_a_weights_file_that_runs_code_exits_2_in_one_sentence(tmp_path: Path, d
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_train_with_a_weights_path_prints_what_it_loaded_in_one_line(
+    tmp_path: Path, digits_config: Path
+) -> None:
+    import torch
+
+    from embedlab.models.backbones import create_backbone
+
+    weights = tmp_path / "a folder with a long name for the line to pass 80 columns" / "small_cnn.pth"
+    weights.parent.mkdir()
+    state = create_backbone("small_cnn", in_chans=1).model.state_dict()
+    torch.save(state, weights)
+    n = sum(not key.endswith("num_batches_tracked") for key in state)
+    # model.pretrained stays set: the local file replaces the hub (small_cnn has no hub weights at all)
+    sets = ["--set", f"model.weights_path={weights}", "--set", "model.pretrained=true"]
+    result = run("train", str(digits_config), "--out", str(tmp_path / "run"), *sets)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"loaded {n} of {n} tensors by name from {weights}" in result.stdout.splitlines()
+
+
 def test_train_on_unreadable_files_exits_2_in_one_sentence_or_skips_them(
     tmp_path: Path, unreadable_data
 ) -> None:

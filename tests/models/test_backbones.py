@@ -1,9 +1,32 @@
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import huggingface_hub
 import pytest
 import timm
+import timm.models._builder as timm_builder
+import timm.models._hub as timm_hub
 import torch
+from huggingface_hub.errors import LocalEntryNotFoundError
 
 from embedlab.models import backbones
-from embedlab.models.backbones import create_backbone
+from embedlab.models.backbones import create_backbone, create_stage_features
+
+#: Every way timm 1.0 reaches the network for pretrained weights (the hub, a URL, a cached file), and
+#: the socket under them all.
+HUB_DOWNLOADS = [
+    (timm_builder, "load_state_dict_from_hf"),
+    (timm_builder, "load_state_dict_from_url"),
+    (timm_builder, "download_cached_file"),
+    (timm_hub, "load_state_dict_from_hf"),
+    (timm_hub, "hf_hub_download"),
+    (timm_hub, "download_url_to_file"),
+    (huggingface_hub, "hf_hub_download"),
+    (torch.hub, "load_state_dict_from_url"),
+    (socket.socket, "connect"),
+]
 
 
 def test_small_cnn_gives_a_feature_map() -> None:
@@ -108,3 +131,87 @@ def test_the_map_size_is_exact_and_touches_nothing(name: str, channels: int, ima
     with torch.no_grad():
         features = backbone.eval()(torch.rand(1, channels, image_size, image_size))
     assert size == features.shape[-2:]
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch: pytest.MonkeyPatch) -> Callable[[Exception], list[str]]:
+    """Makes every download function of HUB_DOWNLOADS raise `error`; returns the list of those called."""
+
+    def unreachable(error: Exception) -> list[str]:
+        calls: list[str] = []
+        for owner, name in HUB_DOWNLOADS:
+
+            def refuse(*args: object, _name: str = name, **kwargs: object) -> None:
+                calls.append(_name)
+                raise error
+
+            monkeypatch.setattr(owner, name, refuse)
+        return calls
+
+    return unreachable
+
+
+def _same_tensors(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
+def test_a_weights_path_is_loaded_without_contacting_the_hub(
+    tmp_path: Path, unreachable_hub: Callable[[Exception], list[str]]
+) -> None:
+    source = create_backbone("resnet18", in_chans=3)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.model.state_dict(), path)
+    calls = unreachable_hub(ConnectionError("the hub was contacted"))
+    loaded = create_backbone("resnet18", in_chans=3, pretrained=True, weights_path=path)
+    assert calls == []
+    assert _same_tensors(source.model, loaded.model)
+    # timm's ImageNet statistics still come with the model, as with the hub's weights
+    assert loaded.pretrained_normalisation == source.pretrained_normalisation
+
+
+def test_a_weights_path_for_feature_stages_is_loaded_without_contacting_the_hub(
+    tmp_path: Path, unreachable_hub: Callable[[Exception], list[str]]
+) -> None:
+    source = create_stage_features("resnet18", in_chans=3, local_stage=-2)
+    path = tmp_path / "stages.pth"
+    torch.save(source.model.state_dict(), path)
+    calls = unreachable_hub(ConnectionError("the hub was contacted"))
+    loaded = create_stage_features("resnet18", 3, -2, pretrained=True, weights_path=path)
+    assert calls == []
+    assert _same_tensors(source.model, loaded.model)
+
+
+def test_small_cnn_takes_a_weights_path_with_pretrained_set(tmp_path: Path) -> None:
+    path = tmp_path / "small.pth"
+    torch.save(create_backbone("small_cnn", in_chans=1).model.state_dict(), path)
+    assert create_backbone("small_cnn", in_chans=1, pretrained=True, weights_path=path).num_features > 0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(101, "Network is unreachable"),
+        httpx.ConnectError("[Errno -3] Temporary failure in name resolution"),
+        LocalEntryNotFoundError("cannot find the requested files in the local cache"),
+    ],
+    ids=["os", "httpx", "huggingface_hub"],
+)
+def test_an_unreachable_hub_is_one_error_naming_the_two_keys_that_avoid_it(
+    error: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+        raise error
+
+    # resnet18's default weights (timm/resnet18.a1_in1k) come from the Hugging Face hub
+    monkeypatch.setattr(timm_builder, "load_state_dict_from_hf", unreachable)
+    with pytest.raises(ValueError, match="pretrained weights of 'resnet18'") as raised:
+        create_backbone("resnet18", in_chans=3, pretrained=True)
+    message = str(raised.value)
+    assert "model.pretrained=false" in message and "model.weights_path=FILE" in message
+    assert type(error).__name__ in message
+    assert len(calls) == 1

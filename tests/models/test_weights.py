@@ -1,9 +1,11 @@
+import logging
+
 import pytest
 import torch
 from torch import nn
 
 from embedlab.models.backbones import create_backbone
-from embedlab.models.weights import load_local_weights, load_torch_file, read_state_dict
+from embedlab.models.weights import LoadedWeights, load_local_weights, load_torch_file, read_state_dict
 
 
 def _same(a: nn.Module, b: nn.Module) -> bool:
@@ -12,12 +14,20 @@ def _same(a: nn.Module, b: nn.Module) -> bool:
     )
 
 
-def test_weights_load_by_name(tmp_path) -> None:
+def _tensors(model: nn.Module) -> int:
+    return sum(not key.endswith("num_batches_tracked") for key in model.state_dict())
+
+
+def test_weights_load_by_name_and_say_so_in_one_logged_line(tmp_path, caplog) -> None:
     source = create_backbone("resnet18", in_chans=3).model
     path = tmp_path / "w.pth"
     torch.save(source.state_dict(), path)
     target = create_backbone("resnet18", in_chans=3).model
-    assert load_local_weights(target, path) == "by name"
+    with caplog.at_level(logging.INFO, logger="embedlab.models.weights"):
+        loaded = load_local_weights(target, path)
+    n = _tensors(target)
+    assert loaded == LoadedWeights(path, "name", n, n)
+    assert [r.getMessage() for r in caplog.records] == [f"loaded {n} of {n} tensors by name from {path}"]
     assert _same(source, target)
 
 
@@ -29,7 +39,12 @@ def test_weights_with_other_names_load_by_position_skipping_a_classifier(tmp_pat
     path = tmp_path / "w.pth"
     torch.save({"state_dict": renamed}, path)
     target = create_backbone("resnet18", in_chans=3).model
-    assert load_local_weights(target, path) == "by position"
+    loaded = load_local_weights(target, path)
+    n = _tensors(target)
+    assert (loaded.by, loaded.loaded, loaded.total, loaded.unused) == ("position", n, n, 1)
+    assert str(loaded) == (
+        f"loaded {n} of {n} tensors by position from {path} (left out 1 file tensor the model lacks)"
+    )
     assert _same(source, target)
 
 

@@ -95,8 +95,12 @@ class ModelConfig(Section):
         default_factory=dict,
         description="keyword arguments of the backbone (timm's create_model, e.g. drop_path_rate)",
     )
-    pretrained: bool = Field(False, description="timm's pretrained weights (needs a reachable hub)")
-    weights_path: str | None = Field(None, description="a local weights file for the backbone")
+    pretrained: bool = Field(
+        False, description="timm's pretrained weights (needs a reachable hub; ignored with weights_path)"
+    )
+    weights_path: str | None = Field(
+        None, description="a local weights file for the backbone, loaded instead of the hub's (offline)"
+    )
     head: Literal["global", "dolg"] = Field(
         "global",
         description="global: pooling of the last stage's map; dolg: DOLG's orthogonal fusion of a local "

@@ -7,6 +7,10 @@ outputs (B, L, C) and channels-last maps (B, H, W, C) are turned into that layou
 necks never need to know the family. `StageFeatures` returns the maps of two stages of a timm model
 (an intermediate one and the last), in the same layout, for heads that read more than the last stage
 (DOLG, models/dolg.py).
+
+Weights: with a local `weights_path` the model is built without timm's pretrained weights and the file
+is loaded into it, so the hub is never contacted (`pretrained` is then ignored); with `pretrained` alone,
+a hub that cannot be reached is one ValueError at once, naming the two keys that avoid it.
 """
 
 from __future__ import annotations
@@ -100,13 +104,34 @@ def _check_timm_name(name: str) -> None:
         )
 
 
+def _hub_errors() -> tuple[type[Exception], ...]:
+    """What a failed download of timm's pretrained weights raises. OSError covers urllib's and torch.hub's
+    errors, requests' and huggingface_hub's (HfHubHTTPError, LocalEntryNotFoundError when the hub cannot
+    be reached and nothing is cached, OfflineModeIsEnabled); httpx's errors are not OSErrors."""
+    try:
+        import httpx
+    except ImportError:
+        return (OSError,)
+    return (OSError, httpx.HTTPError)
+
+
+def _hub_failure(name: str, error: Exception) -> ValueError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+    return ValueError(
+        f"model.pretrained: timm could not fetch the pretrained weights of {name!r} from its hub "
+        f"({type(error).__name__}: {reason}). Offline, set model.pretrained=false to start from random "
+        "weights, or model.weights_path=FILE to load a local weights file (the hub is then not contacted)"
+    )
+
+
 def _create_timm_model(
     name: str, in_chans: int, pretrained: bool, kwargs: Mapping[str, Any], **options: Any
 ) -> tuple[nn.Module, tuple[tuple, tuple] | None]:
     """timm's model `name` with the user's `kwargs` and embedlab's `options`; its pretrained mean and std.
 
     timm's create_model leaves out any argument set to None, so the model's default holds (for
-    embedlab's networks too).
+    embedlab's networks too). With `pretrained`, a failed download is not retried here: it is a
+    ValueError that names model.pretrained and model.weights_path.
     """
     _check_timm_name(name)
     try:
@@ -115,6 +140,10 @@ def _create_timm_model(
         raise TypeError(
             f"backbone {name!r} does not take model.backbone_args {dict(kwargs)}: {error}"
         ) from None
+    except _hub_errors() as error:
+        if not pretrained:
+            raise
+        raise _hub_failure(name, error) from None
     config = getattr(model, "pretrained_cfg", {}) or {}
     mean, std = config.get("mean"), config.get("std")
     return model, ((tuple(mean), tuple(std)) if mean and std else None)
@@ -130,9 +159,10 @@ def create_backbone(
     """Build backbone `name` for `in_chans` input channels, with timm or local weights when asked.
 
     `kwargs` go to the model's constructor through timm's create_model; an argument the model does not
-    take is an error.
+    take is an error. A `weights_path` replaces timm's pretrained weights: the hub is not contacted.
     """
-    model, normalisation = _create_timm_model(name, in_chans, pretrained, dict(kwargs or {}), num_classes=0)
+    from_hub = pretrained and weights_path is None
+    model, normalisation = _create_timm_model(name, in_chans, from_hub, dict(kwargs or {}), num_classes=0)
     if weights_path is not None:
         load_local_weights(model, weights_path)
     return Backbone(model, int(model.num_features), normalisation)
@@ -157,9 +187,10 @@ def create_stage_features(
             "embedlab's own network. Use a timm model such as resnet18, efficientnet_b0 or convnext_tiny"
         )
     kwargs = dict(kwargs or {})
+    from_hub = pretrained and weights_path is None
     try:
         model, normalisation = _create_timm_model(
-            name, in_chans, pretrained, kwargs, features_only=True, out_indices=(local_stage, -1)
+            name, in_chans, from_hub, kwargs, features_only=True, out_indices=(local_stage, -1)
         )
     except (IndexError, AssertionError):
         # timm's own error for a stage out of range differs by family; say it once, with the range
