@@ -202,3 +202,23 @@ def test_train_on_unreadable_files_exits_2_in_one_sentence_or_skips_them(
     assert skipped.returncode == 0, skipped.stdout + skipped.stderr
     assert "left out 2 unreadable image file(s)" in " ".join(skipped.stdout.split())
     assert json.loads((out / "summary.json").read_text())["skipped_unreadable"] == 2
+
+
+def test_version_is_printed_without_importing_torch() -> None:
+    from embedlab import __version__
+
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"embedlab {__version__}\n"
+    probe = (
+        "import sys\n"
+        "from embedlab.cli import app\n"
+        "try:\n"
+        "    app(['--version'])\n"
+        "except SystemExit as done:\n"
+        "    assert done.code in (0, None), done.code\n"
+        "print('torch' in sys.modules, 'lightning' in sys.modules)\n"
+    )
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.splitlines()[-1] == "False False"

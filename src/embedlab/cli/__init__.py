@@ -6,8 +6,11 @@ and a config error do not wait for torch.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from embedlab import __version__
 from embedlab.cli.embedding import embed
 from embedlab.cli.evaluation import evaluate
 from embedlab.cli.index import index_app
@@ -20,6 +23,24 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Train, compare, evaluate and serve embedding models for image retrieval.",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"embedlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Train, compare, evaluate and serve embedding models for image retrieval."""
+
+
 for _command in (train, evaluate, embed, compare, demo, report):
     app.command()(_command)
 app.add_typer(index_app, name="index")
