@@ -32,3 +32,18 @@ def test_stale_temporaries_of_killed_writers_are_removed_and_nothing_else(tmp_pa
     removed = remove_stale_temporaries(tmp_path)
     assert [p.name for p in removed] == [".last.ckpt.x1y2.tmp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "last.ckpt"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=["022", "077", "002"])
+def test_files_get_the_mode_of_a_plain_open_not_the_temporary_files(tmp_path, umask) -> None:
+    import os
+    import stat
+
+    before = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "report.html", "<html></html>")
+        atomic_write(tmp_path / "model.bin", lambda stream: stream.write(b"weights"))
+    finally:
+        os.umask(before)
+    for name in ("report.html", "model.bin"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name

@@ -223,6 +223,81 @@ def test_train_on_unreadable_files_exits_2_in_one_sentence_or_skips_them(
     assert json.loads((out / "summary.json").read_text())["skipped_unreadable"] == 2
 
 
+def test_version_is_printed_without_importing_torch() -> None:
+    from embedlab import __version__
+
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"embedlab {__version__}\n"
+    probe = (
+        "import sys\n"
+        "from embedlab.cli import app\n"
+        "try:\n"
+        "    app(['--version'])\n"
+        "except SystemExit as done:\n"
+        "    assert done.code in (0, None), done.code\n"
+        "print('torch' in sys.modules, 'lightning' in sys.modules)\n"
+    )
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.splitlines()[-1] == "False False"
+
+
+def test_train_prints_the_data_summary_warns_of_a_degenerate_evaluation_and_counts_what_is_scored(
+    tmp_path: Path, make_image_folder
+) -> None:
+    import csv
+
+    # The CSV's split holds out one identity; its roles make 2 queries search 3 gallery items, all
+    # positives: every metric is 1.0 whatever the model does.
+    root = make_image_folder(tmp_path / "images", classes=3, per_class=5, size=12)
+    table = tmp_path / "photos.csv"
+    with table.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "label", "split", "is_query", "is_gallery"])
+        for image in sorted(root.rglob("*.png")):
+            held_out = image.parent.name == "id_2"
+            query = held_out and int(image.stem) < 2
+            writer.writerow(
+                [
+                    image,
+                    image.parent.name,
+                    "validation" if held_out else "train",
+                    int(query),
+                    int(held_out and not query),
+                ]
+            )
+    config = tmp_path / "photos.yaml"
+    config.write_text(yaml.safe_dump({"data": {"dataset": str(table)}}))
+    quick = [
+        "data.image_size=12",
+        "train.batch_size=4",
+        "train.max_steps_per_epoch=2",
+        "model.embedding_dim=8",
+    ]
+    out = tmp_path / "run"
+    trained = run(
+        "train", str(config), "--out", str(out), *[item for key in quick for item in ("--set", key)]
+    )
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    lines = trained.stdout.splitlines()
+    assert "train: 10 images of 2 identities" in lines
+    assert (
+        "validation: 2 queries, 3 gallery items (the validation set itself), 1 identity among the queries, "
+        "0 queries without positives"
+    ) in lines
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert any("every validation query is of one identity" in w for w in warnings), lines
+    assert any("2 of 2 validation queries search a gallery in which every item" in w for w in warnings), lines
+    assert lines.index("train: 10 images of 2 identities") < min(
+        n for n, line in enumerate(lines) if line.startswith("trained in")
+    )
+    split = json.loads((out / "split.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert (split["query_images"], split["gallery_images"], split["validation_images"]) == (2, 3, 5)
+    assert summary["n_queries"] == split["query_images"]
+
+
 def _probe(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the CLI in a Python process and print its exit status and whether torch / Lightning loaded."""
     probe = (

@@ -98,3 +98,55 @@ def test_bounding_boxes_follow_their_rows_into_every_split(tmp_path, make_image_
         for path, box in zip(part.paths, part.boxes, strict=True):
             n = sorted(root.rglob("*.png")).index(path)
             assert box == (0, 0, 4 + n % 8, 12)
+
+
+def _add_roles(table, query_every: int) -> None:
+    """is_query on every `query_every`-th row, is_gallery on the others."""
+    lines = table.read_text().splitlines()
+    rows = [lines[0] + ",is_query,is_gallery"]
+    for n, line in enumerate(lines[1:]):
+        rows.append(line + (",1,0" if n % query_every == 0 else ",0,1"))
+    table.write_text("\n".join(rows) + "\n")
+
+
+def test_the_starter_config_keeps_a_csvs_own_split_column(image_csv) -> None:
+    from importlib import resources
+
+    from embedlab.config import load_config
+
+    starter = resources.files("embedlab") / "configs" / "image_folder.yaml"
+    cfg, _ = load_config(str(starter), [f"data.dataset={image_csv}", "data.image_size=8"])
+    data = prepare_data(cfg.data)
+    assert data.record["validation_split"] == "predefined"
+    assert data.record["train_classes"] == ["id_0", "id_1"]
+    assert data.record["validation_classes"] == ["id_2", "id_3"]
+    assert data.notes == []
+
+
+def test_an_explicit_resplit_of_a_csv_with_a_split_column_is_honoured_and_noted(image_csv) -> None:
+    _add_roles(image_csv, 2)
+    data = prepare_data(
+        DataConfig(dataset=str(image_csv), image_size=8, validation=ValidationSplitConfig(split="classes"))
+    )
+    assert data.record["validation_split"] == "classes"
+    assert len(data.notes) == 1
+    assert "data.validation.split=classes re-splits" in data.notes[0]
+    assert "split column (10 train, 10 validation rows) is not used" in data.notes[0]
+    assert "is_query/is_gallery roles apply inside the new validation set" in data.notes[0]
+    assert "set it to auto" in data.notes[0]
+
+
+def test_a_train_gallery_in_place_of_a_csvs_roles_is_noted(image_csv) -> None:
+    _add_roles(image_csv, 2)
+    data = prepare_data(DataConfig(dataset=str(image_csv), image_size=8, gallery="train"))
+    assert data.record["validation_split"] == "predefined" and data.gallery is not None
+    assert len(data.notes) == 1 and "data.gallery=train: the is_query/is_gallery roles" in data.notes[0]
+    assert data.record["query_images"] == 10 and data.record["gallery_images"] == 10
+
+
+def test_the_split_record_counts_the_queries_and_gallery_items_the_roles_select(image_csv) -> None:
+    _add_roles(image_csv, 4)  # the validation rows are data rows 10-19; rows 12 and 16 are queries
+    data = prepare_data(DataConfig(dataset=str(image_csv), image_size=8))
+    assert data.record["validation_images"] == 10
+    assert (data.record["query_images"], data.record["gallery_images"]) == (2, 8)
+    assert data.notes == []

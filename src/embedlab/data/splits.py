@@ -5,6 +5,11 @@ gallery labels keep the source's codes, so a query matches gallery items of its 
 the gallery is the training set or the validation set itself. The split is seeded and returned as a
 record that the run folder keeps (split.json).
 
+A CSV's own `split` column and its `is_query` / `is_gallery` roles win unless the config asks otherwise
+in so many words: `data.validation.split` left at `auto` keeps the column; `classes` or `images` given
+for such a CSV re-splits it as asked, and `data.gallery: train` searches the training images in place
+of the roles, each with a note (DataSplits.notes) that training prints as a warning.
+
 Image files are checked before they are split (data/check.py): every file is decoded once, and missing
 or undecodable ones stop the run in one error, or, with `data.skip_unreadable`, are left out of every
 split, so that each later `prepare_data` of the same config (evaluation, reports) makes the same split.
@@ -40,6 +45,8 @@ class DataSplits:
     image_size: int
     record: dict[str, Any] = field(default_factory=dict)
     skipped: list[UnreadableFile] = field(default_factory=list)
+    #: what the config explicitly replaced of the CSV's own split and roles, one sentence each
+    notes: list[str] = field(default_factory=list)
 
 
 def concat(parts: list[InMemoryImages], name: str) -> InMemoryImages:
@@ -174,6 +181,7 @@ def prepare_data(cfg: DataConfig, *, progress: bool = False) -> DataSplits:
     if gallery_mode == "auto":
         gallery_mode = "train" if mode == "predefined" and source is None else "validation"
     query, gallery = validation, (train if gallery_mode == "train" else None)
+    notes = _override_notes(cfg, source, mode, query if gallery is not None else None)
 
     train_classes, train_codes = torch.unique(train.labels, return_inverse=True)
     training = train.subset(torch.arange(len(train)), labels=train_codes)
@@ -185,8 +193,10 @@ def prepare_data(cfg: DataConfig, *, progress: bool = False) -> DataSplits:
         "gallery": gallery_mode,
         "seed": cfg.validation.seed,
         "train_images": len(training),
-        "query_images": len(query),
-        "gallery_images": len(gallery) if gallery is not None else len(query),
+        "validation_images": len(validation),
+        # what is scored: with the validation set searching itself, a CSV's roles pick both sides
+        "query_images": _role_count(query.is_query, len(query)) if gallery is None else len(query),
+        "gallery_images": len(gallery) if gallery is not None else _role_count(query.is_gallery, len(query)),
         "train_classes": [_name(names, int(c)) for c in train_classes],
         "validation_classes": [_name(names, int(c)) for c in torch.unique(validation.labels)],
         "skipped_unreadable": len(skipped),
@@ -201,7 +211,37 @@ def prepare_data(cfg: DataConfig, *, progress: bool = False) -> DataSplits:
         image_size=cfg.image_size or everything.image_size,
         record=record,
         skipped=skipped,
+        notes=notes,
     )
+
+
+def _role_count(role: torch.Tensor | None, total: int) -> int:
+    return total if role is None else int(role.sum())
+
+
+def _override_notes(
+    cfg: DataConfig, source: FileSource | None, mode: str, roles_unused: LabelledImages | None
+) -> list[str]:
+    """A sentence for each part of a CSV's own split and roles that an explicit setting replaced."""
+    notes = []
+    if source is not None and source.split is not None and mode in ("classes", "images"):
+        validation_rows = sum(s != "train" for s in source.split)
+        roles = source.images.is_query is not None or source.images.is_gallery is not None
+        notes.append(
+            f"data.validation.split={mode} re-splits {cfg.dataset} as asked: its split column "
+            f"({len(source.split) - validation_rows} train, {validation_rows} validation rows) is not used"
+            + (", and its is_query/is_gallery roles apply inside the new validation set" if roles else "")
+            + "; drop data.validation.split (or set it to auto) to keep the CSV's own split"
+        )
+    if roles_unused is not None and (
+        roles_unused.is_query is not None or roles_unused.is_gallery is not None
+    ):
+        notes.append(
+            f"data.gallery=train: the is_query/is_gallery roles of {cfg.dataset} are not used; every "
+            "validation row is a query searched among the training images; drop data.gallery (or set it "
+            "to auto) to score the roles"
+        )
+    return notes
 
 
 def _name(names: list[str] | None, code: int) -> str | int:

@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from embedlab.atomic import remove_stale_temporaries
 from embedlab.config import ExperimentConfig
 from embedlab.data.loaders import train_batches
-from embedlab.data.splits import prepare_data
+from embedlab.data.splits import DataSplits, prepare_data
 from embedlab.models.embedder import build_embedder
 from embedlab.models.weights import load_torch_file
 from embedlab.training.averaging import ExponentialMovingAverage
@@ -47,11 +47,54 @@ from embedlab.training.run_dir import (
     atomic_write_text,
     write_json,
 )
-from embedlab.training.validation import check_validation_has_positives
+from embedlab.training.validation import check_validation_has_positives, summarize_validation
 from embedlab.versions import package_versions
 
 #: Files left out as unreadable (data.skip_unreadable) that summary.json names; all are counted.
 SHOWN_SKIPPED = 20
+
+#: The data summary and the warnings printed before the first step go here (`logging`).
+LOGGER = logging.getLogger(__name__)
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a message comes (pytest and notebooks replace it), plain
+    messages as they are, warnings after "warning: "."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return f"warning: {text}" if record.levelno >= logging.WARNING else text
+
+
+def _show_messages() -> None:
+    """Print embedlab's messages on stdout, unless the program configured logging itself (as Lightning
+    does for its own logger)."""
+    package = logging.getLogger("embedlab")
+    if package.handlers or logging.getLogger().handlers:
+        return
+    package.addHandler(_StdoutHandler())
+    if package.level == logging.NOTSET:
+        package.setLevel(logging.INFO)
+
+
+def _log_data_summary(data: DataSplits) -> dict[str, int]:
+    """Log the training and validation counts and a warning for each degenerate part of the
+    evaluation; returns the counts that are scored."""
+    summary = summarize_validation(data.query, data.gallery)
+    identities = "identity" if data.num_classes == 1 else "identities"
+    LOGGER.info(f"train: {len(data.train)} images of {data.num_classes} {identities}")
+    for line in summary.lines():
+        LOGGER.info(line)
+    for note in [*data.notes, *summary.warnings()]:
+        LOGGER.warning(note)
+    return {"query_images": summary.queries, "gallery_images": summary.gallery}
 
 
 @dataclass
@@ -142,6 +185,10 @@ def fit(
     # Image files are decoded once here, before anything is built: a broken file stops the run now.
     data = prepare_data(cfg.data, progress=progress and main_process)
     check_validation_has_positives(data.query, data.gallery)
+    if main_process:
+        _show_messages()
+        # split.json counts what every epoch scores
+        data.record.update(_log_data_summary(data))
     embedder = build_embedder(cfg.model, data.channels, data.image_size)
     if cfg.train.channels_last:
         embedder = embedder.to(memory_format=torch.channels_last)
