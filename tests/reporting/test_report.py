@@ -8,6 +8,8 @@ import io
 import re
 import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +146,29 @@ def test_the_best_epoch_is_counted_from_1_as_the_progress_lines_count(report, ti
         epochs, best = re.findall(r"<td>([^<]*)</td>", row)[:2]
         # summary.json counts from 0, like metrics.csv; two epochs read "1" or "2", never "0".
         assert (epochs, best) == ("2", str(run.summary["best_epoch"] + 1))
+
+
+def test_a_report_imports_lightning_never_and_torch_only_to_draw_grids(tiny_comparison, tmp_path) -> None:
+    folder = tmp_path / "comparison"
+    shutil.copytree(tiny_comparison, folder)
+    (folder / "report.html").unlink()
+    probe = (
+        "import sys\n"
+        "from embedlab.cli import app\n"
+        "try:\n"
+        f"    app(['report', {str(folder)!r}, '--map-method', 'pca', *sys.argv[1:]])\n"
+        "except SystemExit as done:\n"
+        "    assert done.code in (0, None), done.code\n"
+        "print('torch' in sys.modules, 'lightning' in sys.modules)\n"
+    )
+    without_grids = subprocess.run(
+        [sys.executable, "-c", probe, "--no-grids"], capture_output=True, text=True, timeout=300
+    )
+    assert without_grids.returncode == 0, without_grids.stderr
+    assert without_grids.stdout.splitlines()[-1] == "False False"
+    page = (folder / "report.html").read_text()
+    assert "embedding map (PCA)" in page and "retrieval grid" not in page
+    with_grids = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert with_grids.returncode == 0, with_grids.stderr
+    assert with_grids.stdout.splitlines()[-1] == "True False"
+    assert "retrieval grid, worst queries" in (folder / "report.html").read_text()

@@ -19,13 +19,21 @@ def report(
     map_method: Annotated[
         str, typer.Option(help="Embedding map: auto (UMAP if installed, else t-SNE), umap, tsne or pca.")
     ] = "auto",
+    grids: Annotated[
+        bool,
+        typer.Option(
+            "--grids/--no-grids",
+            help="Draw retrieval grids (reads the runs' images, so imports torch); --no-grids needs neither "
+            "torch nor Lightning.",
+        ),
+    ] = True,
 ) -> None:
     """(Re)build FOLDER/report.html: leaderboard, paired tests over seeds, curves, retrieval grids, maps."""
     from embedlab.reporting.report import ReportOptions, build_report
 
     try:
         # build_report checks the method name and lists the valid ones.
-        path = build_report(folder, ReportOptions(map_method=cast("MapMethod", map_method)))
+        path = build_report(folder, ReportOptions(map_method=cast("MapMethod", map_method), grids=grids))
     except (ConfigError, ValueError, FileNotFoundError) as error:
         raise fail(str(error)) from None
     console.print(f"report: {path}")

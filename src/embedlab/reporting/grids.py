@@ -7,13 +7,17 @@ only the images shown are read, from the run's own data config.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from embedlab.data.images import LabelledImages
 from embedlab.training.snapshot import RetrievalSnapshot
+
+if TYPE_CHECKING:
+    import torch
+
+    from embedlab.data.images import LabelledImages
 
 CORRECT = "#1a9641"
 WRONG = "#d7191c"

@@ -19,12 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 from PIL import Image
 
 from embedlab.atomic import atomic_write_text
-from embedlab.data.splits import DataSplits, prepare_data
 from embedlab.reporting.curves import plot_curves
 from embedlab.reporting.embedding_map import (
     DEFAULT_MAX_POINTS,
@@ -39,6 +39,11 @@ from embedlab.reporting.leaderboard import COST_COLUMNS, LeaderboardRow, build_l
 from embedlab.reporting.runs import RunRecord, leaderboard_metrics, load_runs
 from embedlab.reporting.statistics import compare_pairs
 
+if TYPE_CHECKING:
+    from embedlab.data.images import LabelledImages
+    from embedlab.data.splits import DataSplits
+    from embedlab.training.snapshot import RetrievalSnapshot
+
 REPORT_FILE = "report.html"
 #: Packages whose versions the report itself depends on (the runs record their own in summary.json).
 REPORT_PACKAGES = ("numpy", "matplotlib", "scikit-learn", "umap-learn")
@@ -50,13 +55,16 @@ _LOWER_IS_BETTER = {"train_seconds"}
 class ReportOptions:
     """map_method: "auto" (UMAP if installed, else t-SNE), "umap", "tsne" or "pca"; map_points: queries
     drawn at most on a map; grid_queries: rows of each retrieval grid; grid_k: results shown per query;
-    alpha: the level the paired comparisons' verdicts use."""
+    alpha: the level the paired comparisons' verdicts use; grids: draw the retrieval grids, which read the
+    runs' images through the data pipeline (and so import torch); without them a report needs neither
+    torch nor Lightning."""
 
     map_method: MapMethod = "auto"
     map_points: int = DEFAULT_MAX_POINTS
     grid_queries: int = 6
     grid_k: int = 8
     alpha: float = 0.05
+    grids: bool = True
 
 
 def build_report(folder: str | Path, options: ReportOptions | None = None) -> Path:
@@ -258,6 +266,36 @@ def _run_visuals(run: RunRecord, data: dict[str, DataSplits], options: ReportOpt
             "This run has no retrieval snapshot (retrieval.npz): it was trained before embedlab saved one. "
             "Train it again to see its retrieval grids and embedding map."
         )
+    figures = []
+    class_names = None
+    if options.grids:
+        splits = _run_data(run, snapshot, data)
+        if isinstance(splits, str):
+            return splits
+        query, gallery = splits
+        class_names = query.class_names
+        k = options.grid_k
+        for name, rows in (
+            ("queries drawn at random", sample_queries(snapshot, options.grid_queries)),
+            ("worst queries", worst_queries(snapshot, options.grid_queries, k)),
+        ):
+            grid = retrieval_grid(snapshot, list(rows), query, gallery, k, f"{run.combination}: {name}")
+            figures.append(_img(grid, f"retrieval grid, {name}"))
+    sample = sample_rows(snapshot.query_labels.size, options.map_points)
+    points, method = project_2d(snapshot.query_embeddings[sample], options.map_method, seed=0)
+    title = f"{run.combination}: {sample.size} of {snapshot.query_labels.size} queries, {method}"
+    figure = plot_embedding_map(points, snapshot.query_labels[sample], class_names, title)
+    figures.append(_img(figure, f"embedding map ({method})"))
+    return '<div class="visuals">' + "".join(figures) + "</div>"
+
+
+def _run_data(
+    run: RunRecord, snapshot: RetrievalSnapshot, data: dict[str, DataSplits]
+) -> tuple[LabelledImages, LabelledImages] | str:
+    """The run's validation query and gallery images, checked against its snapshot, or a note saying
+    why they cannot be read. Only the grids read images, so only they import the data pipeline (torch)."""
+    from embedlab.data.splits import prepare_data
+
     key = run.config.data.model_dump_json()
     try:
         if key not in data:
@@ -267,20 +305,7 @@ def _run_visuals(run: RunRecord, data: dict[str, DataSplits], options: ReportOpt
         check_images_match(snapshot, splits.query, gallery)
     except (ValueError, FileNotFoundError, OSError) as error:
         return _note(f"Retrieval grids unavailable: {error}")
-    k = options.grid_k
-    figures = []
-    for name, rows in (
-        ("queries drawn at random", sample_queries(snapshot, options.grid_queries)),
-        ("worst queries", worst_queries(snapshot, options.grid_queries, k)),
-    ):
-        grid = retrieval_grid(snapshot, list(rows), splits.query, gallery, k, f"{run.combination}: {name}")
-        figures.append(_img(grid, f"retrieval grid, {name}"))
-    sample = sample_rows(snapshot.query_labels.size, options.map_points)
-    points, method = project_2d(snapshot.query_embeddings[sample], options.map_method, seed=0)
-    title = f"{run.combination}: {sample.size} of {snapshot.query_labels.size} queries, {method}"
-    figure = plot_embedding_map(points, snapshot.query_labels[sample], splits.query.class_names, title)
-    figures.append(_img(figure, f"embedding map ({method})"))
-    return '<div class="visuals">' + "".join(figures) + "</div>"
+    return splits.query, gallery
 
 
 def _best_epoch(summary: dict) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from embedlab.config import ExperimentConfig, load_config
 from embedlab.reporting.leaderboard import ranked_metrics
-from embedlab.training.callbacks import read_history
+from embedlab.training.history import read_history
 from embedlab.training.run_dir import CONFIG_FILE, HISTORY_FILE, SNAPSHOT_FILE, SUMMARY_FILE, read_json
 from embedlab.training.snapshot import RetrievalSnapshot, read_snapshot
 

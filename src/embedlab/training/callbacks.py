@@ -10,7 +10,6 @@ history and the snapshot, and sends the metrics to the other processes, which lo
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from embedlab.evaluation import RetrievalResult
 from embedlab.models.inference import embed
 from embedlab.training.averaging import ExponentialMovingAverage
 from embedlab.training.distributed import broadcast_from_zero, gather_rows, slice_of
+from embedlab.training.history import append_history
 from embedlab.training.snapshot import take_snapshot, write_snapshot
 from embedlab.training.validation import score_validation
 
@@ -168,33 +168,3 @@ class RetrievalValidation(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_seconds = float(state_dict["train_seconds"])
         self.train_images = int(state_dict["train_images"])
-
-
-def append_history(path: Path, row: dict[str, Any]) -> None:
-    """Append a row to metrics.csv, writing the header with the first row."""
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow({k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()})
-
-
-def read_history(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as stream:
-        return list(csv.DictReader(stream))
-
-
-def truncate_history(path: Path, first_epoch_to_drop: int) -> None:
-    """Drop rows of epochs a resumed run will train again (written after its last checkpoint)."""
-    rows = read_history(path)
-    kept = [r for r in rows if int(r["epoch"]) < first_epoch_to_drop]
-    if len(kept) == len(rows):
-        return
-    with path.open("w", newline="") as stream:
-        if kept:
-            writer = csv.DictWriter(stream, fieldnames=list(kept[0]))
-            writer.writeheader()
-            writer.writerows(kept)

@@ -27,9 +27,10 @@ from embedlab.data.splits import DataSplits, prepare_data
 from embedlab.models.embedder import build_embedder
 from embedlab.models.weights import load_torch_file
 from embedlab.training.averaging import ExponentialMovingAverage
-from embedlab.training.callbacks import RetrievalValidation, read_history, truncate_history
+from embedlab.training.callbacks import RetrievalValidation
 from embedlab.training.checkpoint_io import AtomicCheckpointIO
 from embedlab.training.distributed import resolve_layout
+from embedlab.training.history import read_history, truncate_history
 from embedlab.training.loggers import run_loggers
 from embedlab.training.module import EmbeddingModule, NonFiniteLossError, NonFiniteWeightsError
 from embedlab.training.objective import build_objective

@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedlab.atomic import atomic_write_text
 from embedlab.config import ExperimentConfig, load_config
-from embedlab.models.embedder import Embedder, build_embedder
-from embedlab.models.weights import load_torch_file
+
+if TYPE_CHECKING:
+    from embedlab.models.embedder import Embedder
 
 CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "split.json"
@@ -59,6 +60,10 @@ def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
 
 def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     """Rebuild a run's embedder from its config and load its checkpoint (weights_only=True)."""
+    # torch and timm: loaded here, so that reading a run's files (reports, comparisons) needs neither.
+    from embedlab.models.embedder import build_embedder
+    from embedlab.models.weights import load_torch_file
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")

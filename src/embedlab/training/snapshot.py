@@ -22,12 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from embedlab.atomic import atomic_write
-from embedlab.data.images import LabelledImages
 from embedlab.retrieval.search import search
+
+if TYPE_CHECKING:
+    from embedlab.data.images import LabelledImages
 
 #: Results kept per query: a grid shows fewer, and 10 keeps the file small for large query sets.
 SNAPSHOT_K = 10

@@ -1,4 +1,4 @@
-from embedlab.training.callbacks import append_history, read_history, truncate_history
+from embedlab.training.history import append_history, read_history, truncate_history
 
 
 def test_history_appends_rows_under_one_header(tmp_path) -> None:
