@@ -11,7 +11,7 @@ import timm.models._hub as timm_hub
 import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from embedlab.models import backbones
+from embedlab.models import backbones, hub
 from embedlab.models.backbones import create_backbone, create_stage_features
 
 #: Every way timm 1.0 reaches the network for pretrained weights (the hub, a URL, a cached file), and
@@ -207,7 +207,9 @@ def test_an_unreachable_hub_is_one_error_naming_the_two_keys_that_avoid_it(
         calls.append(args)
         raise error
 
-    # resnet18's default weights (timm/resnet18.a1_in1k) come from the Hugging Face hub
+    # resnet18's default weights (timm/resnet18.a1_in1k) come from the Hugging Face hub; the host
+    # answers (hub.py's probe passes) but the download fails
+    monkeypatch.setattr(hub, "host_reachable", lambda *args, **kwargs: True)
     monkeypatch.setattr(timm_builder, "load_state_dict_from_hf", unreachable)
     with pytest.raises(ValueError, match="pretrained weights of 'resnet18'") as raised:
         create_backbone("resnet18", in_chans=3, pretrained=True)

@@ -15,6 +15,7 @@ a hub that cannot be reached is one ValueError at once, naming the two keys that
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from embedlab.models.hub import pretrained_download
 from embedlab.models.small_cnn import LOCAL_BACKBONES
 from embedlab.models.weights import load_local_weights
 from embedlab.registry import close_matches_hint
@@ -130,12 +132,15 @@ def _create_timm_model(
     """timm's model `name` with the user's `kwargs` and embedlab's `options`; its pretrained mean and std.
 
     timm's create_model leaves out any argument set to None, so the model's default holds (for
-    embedlab's networks too). With `pretrained`, a failed download is not retried here: it is a
-    ValueError that names model.pretrained and model.weights_path.
+    embedlab's networks too). With `pretrained`, an unreachable host is found before any download
+    (hub.py) and a failed download is not retried here: either is a ValueError that names
+    model.pretrained and model.weights_path.
     """
     _check_timm_name(name)
+    download = pretrained_download(name) if pretrained else contextlib.nullcontext()
     try:
-        model = timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **options, **kwargs)
+        with download:
+            model = timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **options, **kwargs)
     except TypeError as error:
         raise TypeError(
             f"backbone {name!r} does not take model.backbone_args {dict(kwargs)}: {error}"
