@@ -48,7 +48,9 @@ def _cache_weights(cache: Path, state: dict[str, torch.Tensor]) -> None:
     (folder / "refs").mkdir(parents=True)
     (folder / "refs" / "main").write_text(commit)
     (folder / "snapshots" / commit).mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, folder / "snapshots" / commit / "model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, folder / "snapshots" / commit / "model.safetensors"
+    )
 
 
 def test_an_unreachable_host_with_nothing_cached_is_reported_before_any_download(
@@ -59,7 +61,7 @@ def test_an_unreachable_host_with_nothing_cached_is_reported_before_any_download
     with pytest.raises(ValueError, match=f"pretrained weights of '{MODEL}'") as raised:
         create_backbone(MODEL, in_chans=3, pretrained=True)
     message = str(raised.value)
-    assert "HubUnreachable: huggingface.co cannot be reached" in message
+    assert "HubUnreachableError: huggingface.co cannot be reached" in message
     assert "model.pretrained=false" in message and "model.weights_path=FILE" in message
     assert downloads == []
     assert no_network == [("huggingface.co", 443)]

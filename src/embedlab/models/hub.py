@@ -7,7 +7,7 @@ same question at once:
 
 - host reachable: timm downloads (or revalidates its cache) as usual;
 - host unreachable, weights cached: timm loads them with the hub in offline mode, without retries;
-- host unreachable, nothing cached: `HubUnreachable`, which the backbone factory turns into the error
+- host unreachable, nothing cached: `HubUnreachableError`, which the backbone factory turns into the error
   naming `model.pretrained` and `model.weights_path`.
 
 Behind a proxy (HTTPS_PROXY, ALL_PROXY) a direct connection says nothing, so nothing is probed.
@@ -29,7 +29,7 @@ _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 _HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 
 
-class HubUnreachable(OSError):
+class HubUnreachableError(OSError):
     """The host of a model's pretrained weights cannot be reached and nothing is cached."""
 
 
@@ -73,7 +73,7 @@ def _hub_offline() -> Iterator[None]:
 
 @contextlib.contextmanager
 def pretrained_download(name: str) -> Iterator[None]:
-    """Wrap timm.create_model(name, pretrained=True): raises HubUnreachable at once when the weights'
+    """Wrap timm.create_model(name, pretrained=True): raises HubUnreachableError at once when the weights'
     host cannot be reached and they are not cached; loads cached hub weights offline in that case."""
     if any(os.environ.get(variable) for variable in _PROXY_VARIABLES):
         yield
@@ -88,4 +88,4 @@ def pretrained_download(name: str) -> Iterator[None]:
         with _hub_offline():
             yield
         return
-    raise HubUnreachable(f"{host} cannot be reached (no connection within {PROBE_TIMEOUT_SECONDS:g} s)")
+    raise HubUnreachableError(f"{host} cannot be reached (no connection within {PROBE_TIMEOUT_SECONDS:g} s)")
