@@ -41,6 +41,12 @@ def test_m_per_class_must_divide_the_batch() -> None:
         train_batches(_images(), batch_size=9, seed=0, m_per_class=2)
 
 
+def test_too_few_identities_for_a_batch_names_both_keys_and_the_batch_that_fits() -> None:
+    # 4 identities, m = 2: a batch of 16 needs 8 identities; 8 images (4 x 2) is the most that fits
+    with pytest.raises(ValueError, match=r"needs 8 identities .* has 4: set train.batch_size=8 or lower"):
+        train_batches(_images(), batch_size=16, seed=0, m_per_class=2)
+
+
 def test_a_set_smaller_than_one_batch_is_an_error() -> None:
     with pytest.raises(ValueError, match="smaller than one batch"):
         train_batches(_images(4), batch_size=8, seed=0)

@@ -91,6 +91,19 @@ def test_unknown_loss_argument_fails_before_training(tmp_path) -> None:
         fit(cfg, tmp_path / "run", progress=False)
 
 
+def test_a_batch_the_identities_cannot_fill_writes_nothing_so_the_same_command_runs_again(tmp_path) -> None:
+    # digits' 10 identities held out 20% as open set leave 8 to train on; m = 4 fills 32 with 8 of them
+    base = [*DIGITS, "data.validation.split=classes", "data.m_per_class=4", "train.max_steps_per_epoch=1"]
+    cfg, _ = load_config(None, [*base, "train.batch_size=64"])
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="train.batch_size=32 or lower"):
+        fit(cfg, out, progress=False)
+    assert not out.exists() or not any(out.iterdir())
+    cfg, _ = load_config(None, [*base, "train.epochs=1"])
+    fit(cfg, out, progress=False)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_validation_every_n_epochs_and_always_after_the_last(tmp_path) -> None:
     cfg, _ = load_config(
         None, [*DIGITS, "train.epochs=3", "train.max_steps_per_epoch=3", "train.eval_every_n_epochs=2"]

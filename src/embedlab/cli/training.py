@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -23,22 +22,6 @@ from embedlab.config import (
 )
 
 DEMO_CONFIG = "fashion_mnist_losses.yaml"
-
-
-class _ConsoleLine(logging.Handler):
-    """Prints each record as one unwrapped console line, on the process of rank 0 only."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if launch_rank() == 0:
-            console.print(escape(record.getMessage()), highlight=False, soft_wrap=True)
-
-
-def _print_loaded_weights() -> None:
-    """Print what a model.weights_path loaded (models/weights.py logs it at INFO), once per process."""
-    logger = logging.getLogger("embedlab.models.weights")
-    logger.setLevel(logging.INFO)
-    if not any(isinstance(handler, _ConsoleLine) for handler in logger.handlers):
-        logger.addHandler(_ConsoleLine())
 
 
 def train(
@@ -68,7 +51,6 @@ def train(
     from embedlab.training.fit import fit
     from embedlab.training.module import NonFiniteLossError, NonFiniteWeightsError
 
-    _print_loaded_weights()
     try:
         result = fit(
             cfg,

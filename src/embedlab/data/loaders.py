@@ -66,8 +66,10 @@ class SeededMPerClassBatches(Sampler[list[int]]):
         classes, codes = torch.unique(labels, return_inverse=True)
         if batch_size // m > classes.numel():
             raise ValueError(
-                f"a batch of {batch_size} with m_per_class={m} needs {batch_size // m} classes, "
-                f"the training set has {classes.numel()}"
+                f"train.batch_size={batch_size} with data.m_per_class={m} needs {batch_size // m} "
+                f"identities in every batch, the training set has {classes.numel()}: set "
+                f"train.batch_size={m * classes.numel()} or lower (a multiple of {m}), or a smaller "
+                "data.m_per_class"
             )
         order = torch.argsort(codes, stable=True)
         counts = torch.bincount(codes, minlength=classes.numel())

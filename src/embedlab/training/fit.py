@@ -203,6 +203,17 @@ def fit(
         embedder, objective, cfg.optimizer, cfg.scheduler, cfg.data.augment, seed=cfg.train.seed
     )
 
+    # Built before the run's files are written: a batch the data cannot fill leaves the folder empty.
+    loader = train_batches(
+        data.train,
+        cfg.train.batch_size,
+        cfg.train.seed,
+        cfg.data.m_per_class,
+        cfg.data.num_workers,
+        rank=layout.rank,
+        world_size=layout.world_size,
+    )
+
     history = out_dir / HISTORY_FILE
     if main_process:
         atomic_write_text(out_dir / CONFIG_FILE, cfg.to_yaml())
@@ -218,15 +229,6 @@ def fit(
         if resumed_epoch is not None:
             truncate_history(history, resumed_epoch + 1)
 
-    loader = train_batches(
-        data.train,
-        cfg.train.batch_size,
-        cfg.train.seed,
-        cfg.data.m_per_class,
-        cfg.data.num_workers,
-        rank=layout.rank,
-        world_size=layout.world_size,
-    )
     if resumed_epoch is not None:
         # On a resume Lightning iterates the loader before it calls set_epoch, and a loader with workers
         # draws its first batches at once: without this, the resumed epoch would replay epoch 0's
