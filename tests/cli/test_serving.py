@@ -130,3 +130,21 @@ def test_serve_refuses_bad_limits_and_names_before_loading_the_model(
 ) -> None:
     code, out = invoke("serve", deployment.index_dir, *options)
     assert code == 2 and words in out, out
+
+
+@pytest.mark.parametrize("command", ["search", "index build", "index add", "embed", "serve"])
+def test_every_command_that_embeds_refuses_a_gpu_it_does_not_have(
+    command: str, deployment, tmp_path: Path
+) -> None:
+    image = deployment.gallery / "whale_a" / "1.png"
+    arguments = {
+        "search": [deployment.index_dir, image],
+        "index build": [deployment.run_dir, "--gallery", deployment.gallery, "--out", tmp_path / "i"],
+        "index add": [deployment.index_dir, image],
+        "embed": [deployment.run_dir, "--images", deployment.gallery, "--out", tmp_path / "e"],
+        "serve": [deployment.index_dir, "--port", "0"],
+    }[command]
+    code, out = invoke(*command.split(), *arguments, "--device", "cuda")
+    assert code == 2, out
+    assert "--device cuda, but torch" in out and "use --device auto or cpu" in out
+    assert not (tmp_path / "i").exists() and not (tmp_path / "e").exists()

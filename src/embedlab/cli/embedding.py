@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from embedlab.cli.errors import console, fail_once
-from embedlab.cli.options import BatchOption, CheckpointChoice
+from embedlab.cli.options import BatchOption, CheckpointChoice, DeviceOption
 from embedlab.config import ConfigError
 
 
@@ -29,6 +29,7 @@ def embed(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Finish an interrupted embedding in --out.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing folder of shards.")] = False,
+    device: DeviceOption = "auto",
 ) -> None:
     """Embed a large image collection into shard files (embeddings and ids), on one or more processes."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -47,6 +48,7 @@ def embed(
             num_nodes=num_nodes,
             resume=resume,
             force=force,
+            device=device,
         )
     except (ConfigError, ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
         raise fail_once(str(error), rank_zero_only.rank) from None

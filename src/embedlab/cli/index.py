@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from embedlab.cli.errors import USER_ERRORS, console, fail
-from embedlab.cli.options import BatchOption, CheckpointChoice, KindChoice, RunOption
+from embedlab.cli.options import BatchOption, CheckpointChoice, DeviceOption, KindChoice, RunOption
 
 if TYPE_CHECKING:
     from embedlab.index.manifest import IndexManifest
@@ -63,6 +63,7 @@ def index_build(
         str | None, typer.Option(help="Database-side augmentation of the gallery: K,ALPHA.")
     ] = None,
     qe: Annotated[str | None, typer.Option(help="Query expansion at search time: K,ALPHA.")] = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """Embed a gallery with a trained run, or read the shards of `embedlab embed`, and write a
     searchable index (atomically)."""
@@ -107,6 +108,7 @@ def index_build(
             force=force,
             steps=steps,
             faiss=settings,
+            device=device,
         )
     except USER_ERRORS as error:
         raise fail(str(error)) from None
@@ -139,12 +141,15 @@ def index_add(
     ] = None,
     run: RunOption = None,
     batch_size: BatchOption = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """Embed more images with the index's model and append them to the index."""
     from embedlab.pipelines.index import add_to_gallery_index
 
     try:
-        result = add_to_gallery_index(index_dir, images, run_dir=run, label=label, batch_size=batch_size)
+        result = add_to_gallery_index(
+            index_dir, images, run_dir=run, label=label, batch_size=batch_size, device=device
+        )
     except USER_ERRORS as error:
         raise fail(str(error)) from None
     skipped = f" (skipped {result.skipped} already indexed)" if result.skipped else ""

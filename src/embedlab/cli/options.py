@@ -1,4 +1,4 @@
-"""Options shared by several commands: config overrides, checkpoints, batch sizes, index kinds."""
+"""Options shared by several commands: config overrides, checkpoints, batch sizes, devices, index kinds."""
 
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ OverridesArgument = Annotated[
         help="Config overrides KEY=VALUE after the config (model.backbone=resnet50 train.epochs=5), "
         "the same as --set.",
         show_default=False,
+    ),
+]
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        help="Where the model embeds: auto (the GPU when torch sees one, else the CPU), cpu, cuda or cuda:N."
     ),
 ]
 SetOption = Annotated[

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from embedlab.cli.errors import USER_ERRORS, console, fail
-from embedlab.cli.options import BatchOption, CheckpointChoice, ExportFormat, RunOption
+from embedlab.cli.options import BatchOption, CheckpointChoice, DeviceOption, ExportFormat, RunOption
 
 
 def search(
@@ -21,12 +21,13 @@ def search(
         bool, typer.Option("--json", help="One JSON object per query image and line.")
     ] = False,
     run: RunOption = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """The k most similar gallery images of each query, and whether it is a new identity."""
     from embedlab.index.search import open_searcher
 
     try:
-        searcher = open_searcher(index_dir, run)
+        searcher = open_searcher(index_dir, run, device)
         results = searcher.search_files(images, k)
     except USER_ERRORS as error:
         raise fail(str(error)) from None
@@ -125,6 +126,7 @@ def serve(
             "origins get 403."
         ),
     ] = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """Serve the index over HTTP: POST /search, GET /items/{id}/image, GET /healthz, and a page at /."""
     from embedlab.serving.app import ServerLimits
@@ -146,6 +148,7 @@ def serve(
             limits=limits,
             allow_hosts=tuple(allow_host or ()),
             allow_origins=tuple(allow_origin or ()),
+            device=device,
         )
     except USER_ERRORS as error:
         raise fail(str(error)) from None

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from embedlab.data.images import LabelledImages
+from embedlab.models.devices import inference_autocast
 from embedlab.models.embedder import Embedder
-from embedlab.models.inference import embed
+from embedlab.models.inference import BatchSplitter, embed
 from embedlab.models.tta import TestTimeAugmentation, check_supports, embed_views
 from embedlab.retrieval.ensemble import combine_members
 
@@ -46,11 +47,13 @@ class EnsembleMember:
 @dataclass
 class EmbeddingPipeline:
     """embedders with their ensemble weights (the first is the main model) and the test-time views every
-    one of them embeds."""
+    one of them embeds; `precision` is the main run's train.precision, whose autocast embedding uses.
+    Each member embeds on its own device (`to` moves them all)."""
 
     embedders: list[Embedder]
     weights: list[float]
     tta: TestTimeAugmentation | None = None
+    precision: str = "32-true"
 
     def __post_init__(self) -> None:
         if len(self.weights) != len(self.embedders):
@@ -59,6 +62,16 @@ class EmbeddingPipeline:
             embedder.eval()
             if self.tta is not None:
                 check_supports(embedder, self.tta)
+
+    def to(self, device: torch.device) -> EmbeddingPipeline:
+        """Every member moved to `device` (in place); returns the pipeline."""
+        for embedder in self.embedders:
+            embedder.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.embedders[0].parameters()).device
 
     def with_tta(self, tta: TestTimeAugmentation | None) -> EmbeddingPipeline:
         """The same members embedding the views of `tta`."""
@@ -77,7 +90,15 @@ class EmbeddingPipeline:
         progress: bool = False,
     ) -> np.ndarray:
         """One member's vectors (N, D_member) of a collection, with the pipeline's views."""
-        return embed(self.embedders[member], images, batch_size, num_workers, progress, tta=self.tta)
+        return embed(
+            self.embedders[member],
+            images,
+            batch_size,
+            num_workers,
+            progress,
+            tta=self.tta,
+            precision=self.precision,
+        )
 
     def embed_images(
         self, images: LabelledImages, batch_size: int, num_workers: int = 0, progress: bool = False
@@ -94,11 +115,17 @@ class EmbeddingPipeline:
         """uint8 images (B, C, S, S) -> the pipeline's vectors (B, D) float32."""
         parts = []
         for embedder in self.embedders:
-            chunks = []
-            for start in range(0, len(pixels), QUERY_BATCH):
-                batch = torch.from_numpy(pixels[start : start + QUERY_BATCH])
-                vectors = embedder(batch) if self.tta is None else embed_views(embedder, batch, self.tta)
-                chunks.append(vectors.float().numpy())
+            device = next(embedder.parameters()).device
+
+            def forward(batch: torch.Tensor, embedder: Embedder = embedder, device: torch.device = device):
+                with inference_autocast(device, self.precision):
+                    return embedder(batch) if self.tta is None else embed_views(embedder, batch, self.tta)
+
+            split = BatchSplitter(forward, QUERY_BATCH)
+            chunks = [
+                split(torch.from_numpy(pixels[start : start + QUERY_BATCH]).to(device)).cpu().numpy()
+                for start in range(0, len(pixels), QUERY_BATCH)
+            ]
             parts.append(
                 np.concatenate(chunks) if chunks else np.zeros((0, embedder.embedding_dim), np.float32)
             )

@@ -27,6 +27,7 @@ from embedlab.embeddings.encoder import EmbeddingPipeline
 from embedlab.index.gallery import GalleryIndex
 from embedlab.index.manifest import IndexManifest, ModelRecord, PostprocessingRecord
 from embedlab.index.store import folder_stamp, load_index
+from embedlab.models.devices import resolve_device
 from embedlab.models.tta import TestTimeAugmentation
 from embedlab.retrieval.postprocessing import build_steps, expand_queries, transform_queries
 from embedlab.training.run_dir import LoadedRun, load_run
@@ -108,19 +109,20 @@ def tta_of(record: PostprocessingRecord) -> TestTimeAugmentation | None:
 
 
 def load_pipeline(
-    manifest: IndexManifest, index_dir: Path, run_dir: str | Path | None = None
+    manifest: IndexManifest, index_dir: Path, run_dir: str | Path | None = None, device: str = "auto"
 ) -> tuple[LoadedRun, EmbeddingPipeline]:
     """The index's model (or `run_dir`, the same checkpoint), loaded, and the pipeline of it, its
     ensemble members (from their run folders, each checked against its record) and its test-time
-    views."""
+    views, on `device` ("auto": the GPU when torch sees one)."""
     runs = [load_matching_run(manifest, index_dir, run_dir)]
     runs += [_load_checked(record, index_dir, None) for record in manifest.ensemble]
     pipeline = EmbeddingPipeline(
         embedders=[run.embedder for run in runs],
         weights=[record.weight for record in manifest.models],
         tta=tta_of(manifest.postprocessing),
+        precision=runs[0].config.train.precision,
     )
-    return runs[0], pipeline
+    return runs[0], pipeline.to(resolve_device(device))
 
 
 @dataclass(frozen=True)
@@ -220,11 +222,12 @@ class Searcher:
         return SearchHit(id=item_id, label=item.label, path=item.path, score=score, extra=item.extra)
 
 
-def open_searcher(index_dir: str | Path, run_dir: str | Path | None = None) -> Searcher:
-    """Load an index and the model that built it (or `run_dir`, checked to be the same model)."""
+def open_searcher(index_dir: str | Path, run_dir: str | Path | None = None, device: str = "auto") -> Searcher:
+    """Load an index and the model that built it (or `run_dir`, checked to be the same model), the
+    model on `device`."""
     index_dir = Path(index_dir).absolute()
     index = load_index(index_dir)
-    _, pipeline = load_pipeline(index.manifest, index_dir, run_dir)
+    _, pipeline = load_pipeline(index.manifest, index_dir, run_dir, device)
     return Searcher(index, pipeline, index_dir)
 
 
@@ -257,12 +260,15 @@ class ReloadingSearcher:
     again.
     """
 
-    def __init__(self, index_dir: str | Path, run_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, index_dir: str | Path, run_dir: str | Path | None = None, device: str = "auto"
+    ) -> None:
         self.index_dir = Path(index_dir).absolute()
         self.run_dir = run_dir
+        self.device = device
         # Stamped before loading: a write in between is then seen, and loaded, at the next call.
         stamp = folder_stamp(self.index_dir)
-        self._state = (stamp, open_searcher(self.index_dir, run_dir))
+        self._state = (stamp, open_searcher(self.index_dir, run_dir, device))
         self._reloading = threading.Lock()
 
     def current(self) -> Searcher:
@@ -284,7 +290,7 @@ class ReloadingSearcher:
             if _same_pipeline(index.manifest, previous.index.manifest):
                 pipeline = previous.pipeline
             else:
-                _, pipeline = load_pipeline(index.manifest, self.index_dir, self.run_dir)
+                _, pipeline = load_pipeline(index.manifest, self.index_dir, self.run_dir, self.device)
         except Exception as error:  # a bad folder on disk must not stop the good index from being served
             logger.warning(
                 "index %s changed but cannot be loaded (%s); still searching the %d items loaded before",

@@ -98,8 +98,8 @@ class Run:
         """The last epoch's validation metrics, by their names in docs/evaluation.md."""
         return dict(self.summary.get("metrics", {}))
 
-    def load(self, checkpoint: str = "best") -> Model:
-        return load(self, checkpoint)
+    def load(self, checkpoint: str = "best", device: str = "auto") -> Model:
+        return load(self, checkpoint, device)
 
     def evaluate(self, metrics: Sequence[str] | None = None, checkpoint: str = "best") -> RetrievalResult:
         return evaluate(self, metrics=metrics, checkpoint=checkpoint)
@@ -245,19 +245,24 @@ class Model:
         return np.concatenate(parts).astype(np.float32, copy=False)
 
 
-def load(run: Run | str | Path, checkpoint: str = "best") -> Model:
-    """A run's checkpoint (`best` or `last`) as a Model whose `.embed(images)` returns (N, D) vectors."""
+def load(run: Run | str | Path, checkpoint: str = "best", device: str = "auto") -> Model:
+    """A run's checkpoint (`best` or `last`) as a Model whose `.embed(images)` returns (N, D) vectors,
+    embedding on `device` ("auto": the GPU when torch sees one, else the CPU; "cpu", "cuda", "cuda:N")."""
     if checkpoint not in ("best", "last"):
         raise ValueError(f"checkpoint is 'best' or 'last', got {checkpoint!r}")
     from embedlab.embeddings.encoder import EmbeddingPipeline
+    from embedlab.models.devices import resolve_device
     from embedlab.training.run_dir import load_run
 
+    target = resolve_device(device, option="device")
     loaded = load_run(_run_dir_of(run), checkpoint)
     return Model(
         run_dir=loaded.run_dir,
         checkpoint_path=loaded.checkpoint_path,
         config=loaded.config,
-        pipeline=EmbeddingPipeline([loaded.embedder], [1.0]),
+        pipeline=EmbeddingPipeline([loaded.embedder], [1.0], precision=loaded.config.train.precision).to(
+            target
+        ),
     )
 
 
@@ -321,10 +326,11 @@ class Index:
         label: str | None = None,
         force: bool = False,
         progress: bool = False,
+        device: str = "auto",
     ) -> Index:
         """Embed a gallery (a folder with a sub-folder per identity, a CSV, or image files labelled by
         `label` or their folder's name) with a run's model into the index folder `out`, as
-        `embedlab index build` does; `kind` is auto, flat, ivf or hnsw."""
+        `embedlab index build` does; `kind` is auto, flat, ivf or hnsw; the model embeds on `device`."""
         from embedlab.pipelines.index import build_gallery_index
 
         build_gallery_index(
@@ -336,15 +342,19 @@ class Index:
             label=label,
             force=force,
             progress=progress,
+            device=device,
         )
-        return cls.open(out)
+        return cls.open(out, device=device)
 
     @classmethod
-    def open(cls, path: str | Path, run: Run | Model | str | Path | None = None) -> Index:
-        """An index folder with the model that built it (or `run`, checked to hold the same checkpoint)."""
+    def open(
+        cls, path: str | Path, run: Run | Model | str | Path | None = None, device: str = "auto"
+    ) -> Index:
+        """An index folder with the model that built it (or `run`, checked to hold the same checkpoint),
+        the model on `device`."""
         from embedlab.index.search import open_searcher
 
-        searcher = open_searcher(path, None if run is None else _run_dir_of(run))
+        searcher = open_searcher(path, None if run is None else _run_dir_of(run), device)
         return cls(Path(path), searcher)
 
     @property

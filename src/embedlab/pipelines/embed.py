@@ -36,6 +36,7 @@ from embedlab.embeddings.shards import (
     write_spec,
 )
 from embedlab.index.manifest import CheckpointName
+from embedlab.models.devices import resolve_device
 from embedlab.models.inference import embed
 from embedlab.pipelines.index import new_manifest
 from embedlab.training.distributed import resolve_layout
@@ -113,13 +114,19 @@ def embed_to_shards(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    device: str = "auto",
 ) -> EmbedResult:
     """Embed every image of a folder or CSV with a run's checkpoint into shards of `shard_size` items
-    in `out` (see shards.py), on `devices` processes per node (default: torchrun's, else one)."""
+    in `out` (see shards.py), on `devices` processes per node (default: torchrun's, else one).
+
+    device: "auto" (the GPUs when torch sees them), "cpu", "cuda" or "cuda:N". On GPUs each process
+    embeds on its own GPU (Fabric gives process k of a node GPU k); "cuda:N" picks GPU N for one
+    process."""
     out, images = Path(out), Path(images)
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
     layout = resolve_layout(devices, num_nodes)
+    target = resolve_device(device)
     run = load_run(run_dir, checkpoint)
     preprocess = run.embedder.preprocess
     files, items = read_images(images, preprocess.size, preprocess.channels)
@@ -143,10 +150,14 @@ def embed_to_shards(
 
     # Fabric announces every process joining at INFO level; the result line says what happened.
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    on_gpu = target.type == "cuda"
     fabric = Fabric(
-        accelerator="cpu",
-        devices=layout.devices,
+        accelerator="cuda" if on_gpu else "cpu",
+        devices=[target.index]
+        if on_gpu and target.index is not None and layout.devices == 1
+        else layout.devices,
         num_nodes=layout.num_nodes,
+        # DDP only for its launch and barriers: nccl between GPUs, gloo between CPU processes.
         strategy="ddp" if layout.world_size > 1 else "auto",
     )
     fabric.launch()  # with --devices N, starts the other processes (each runs this command again)
@@ -156,12 +167,20 @@ def embed_to_shards(
         for k in range(fabric.global_rank, spec.n_shards, fabric.world_size)
         if not shard_is_complete(out, spec, k)
     ]
+    run.embedder.to(fabric.device)
     batch = batch_size or run.config.train.eval_batch_size
     show = progress and fabric.is_global_zero
     for shard in pending:
         ids = spec.ids_of(shard)
         rows = files.subset(torch.arange(ids.start, ids.stop))
-        embeddings = embed(run.embedder, rows, batch, run.config.data.num_workers, progress=show)
+        embeddings = embed(
+            run.embedder,
+            rows,
+            batch,
+            run.config.data.num_workers,
+            progress=show,
+            precision=run.config.train.precision,
+        )
         write_shard(out, shard, Shard(np.arange(ids.start, ids.stop), rows.labels.numpy(), embeddings))
     fabric.barrier()  # every process has written its shards
     if fabric.global_rank != 0:

@@ -32,6 +32,7 @@ from embedlab.index.manifest import (
 from embedlab.index.search import Searcher, checkpoint_sha256, load_pipeline
 from embedlab.index.shards import FaissSettings
 from embedlab.index.store import check_writable, load_index, write_index, writer_lock
+from embedlab.models.devices import resolve_device
 from embedlab.models.tta import TestTimeAugmentation
 from embedlab.retrieval.postprocessing import StepConfig, Whiten, build_steps, prepare_gallery
 from embedlab.training.run_dir import LoadedRun, load_run
@@ -172,9 +173,11 @@ def build_gallery_index(
     progress: bool = True,
     steps: IndexSteps | None = None,
     faiss: FaissSettings | None = None,
+    device: str = "auto",
 ) -> GalleryIndex:
     """Embed a gallery with a run's checkpoint (and the `steps`: ensemble members, test-time views, the
-    gallery side of the post-processing steps) and write the index folder `out` (atomically)."""
+    gallery side of the post-processing steps) on `device` and write the index folder `out`
+    (atomically)."""
     out = Path(out)
     steps = steps or IndexSteps()
     check_writable(out, replace=force)
@@ -184,7 +187,8 @@ def build_gallery_index(
         embedders=[run.embedder] + [member.embedder for member, _ in members],
         weights=[1.0] + [weight for _, weight in members],
         tta=steps.tta,
-    )
+        precision=run.config.train.precision,
+    ).to(resolve_device(device))
     data = read_gallery(gallery, run.embedder.preprocess.size, run.embedder.preprocess.channels, label)
     batch = batch_size or run.config.train.eval_batch_size
     postprocessing = build_steps(steps.postprocessing)
@@ -219,8 +223,9 @@ def add_to_gallery_index(
     label: str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    device: str = "auto",
 ) -> AddResult:
-    """Embed more images with the index's own model and append them; files already indexed (same
+    """Embed more images with the index's own model (on `device`) and append them; files already indexed (same
     resolved path) are skipped, so running the same `add` twice adds nothing the second time.
 
     The index's writers' lock is held from reading the index to writing it, so concurrent adds (and
@@ -235,7 +240,7 @@ def add_to_gallery_index(
                 "depends on its neighbours: adding images would leave the others stale; rebuild it with "
                 "`embedlab index build ... --force` over the whole gallery"
             )
-        run, pipeline = load_pipeline(index.manifest, index_dir.absolute(), run_dir)
+        run, pipeline = load_pipeline(index.manifest, index_dir.absolute(), run_dir, device)
         searcher = Searcher(index, pipeline, index_dir.absolute())
         settings = index.manifest.preprocessing
         data = read_gallery(images, settings.image_size, settings.channels, label)

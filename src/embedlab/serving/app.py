@@ -285,16 +285,17 @@ def serve(
     limits: ServerLimits | None = None,
     allow_hosts: tuple[str, ...] = (),
     allow_origins: tuple[str, ...] = (),
+    device: str = "auto",
 ) -> None:
-    """Load the index and its model, then serve the app until interrupted, following the index folder
-    as it is rewritten (see `create_app`); requests must name the bound address or one of allow_hosts,
-    and come from no page or its own or one of allow_origins."""
+    """Load the index and its model (on `device`), then serve the app until interrupted, following the
+    index folder as it is rewritten (see `create_app`); requests must name the bound address or one of
+    allow_hosts, and come from no page or its own or one of allow_origins."""
     access = AccessPolicy(host, port, allow_hosts, allow_origins)  # checked before the model loads
     # A forward pass of a few small images is too little work to share between cores, and the event
     # loop and the decoding threads need a core too: intra-op threads would only contend with them
     # (on 2 loaded cores, a 16-pixel forward pass took 50 ms with 2 threads and 3 ms with 1).
     torch.set_num_threads(1)
-    app = create_app(ReloadingSearcher(index_dir, run_dir), limits, access=access)
+    app = create_app(ReloadingSearcher(index_dir, run_dir, device), limits, access=access)
     # embedlab's own messages (an index reloaded, or one that could not be) beside uvicorn's, alike.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["embedlab"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
