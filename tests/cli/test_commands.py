@@ -365,3 +365,24 @@ def test_evaluating_npy_files_imports_neither_torch_nor_lightning(tmp_path: Path
         result = _probe(["evaluate", *files, *steps, "--json"])
         assert "map_at_r" in result.stdout, result.stdout + result.stderr
         assert result.stdout.strip().endswith("exit 0 False False"), result.stdout
+
+
+def test_evaluate_npy_files_on_device_auto_imports_no_torch_and_cuda_without_gpu_is_refused(
+    tmp_path: Path,
+) -> None:
+    from embedlab.retrieval.devices import nvidia_device_present
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "q.npy", rng.normal(size=(40, 4)).astype(np.float32))
+    np.save(tmp_path / "ql.npy", np.arange(40) % 4)
+    files = ["--query-embeddings", str(tmp_path / "q.npy"), "--query-labels", str(tmp_path / "ql.npy")]
+    if nvidia_device_present():
+        pytest.skip("auto imports torch, and finds a GPU, where an NVIDIA device exists")
+    auto = _probe(["evaluate", *files, "--device", "auto", "--json"])
+    assert auto.stdout.strip().endswith("exit 0 False False"), auto.stdout + auto.stderr
+    assert '"precision_at_1"' in auto.stdout
+    refused = run("evaluate", *files, "--device", "cuda")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    said = " ".join(refused.stdout.split())
+    assert "device='cuda' asks for a GPU, but torch sees none" in said, said
+    assert "Traceback" not in refused.stdout + refused.stderr

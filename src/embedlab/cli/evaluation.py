@@ -48,12 +48,19 @@ def evaluate(
     dba: Annotated[str | None, typer.Option(help="Database-side augmentation: K,ALPHA.")] = None,
     qe: Annotated[str | None, typer.Option(help="alpha-query expansion: K,ALPHA.")] = None,
     rerank: Annotated[str | None, typer.Option(help="k-reciprocal re-ranking: K1,K2,LAMBDA.")] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Where exact evaluation computes: auto (a GPU if torch sees one), cpu, cuda or cuda:N."
+        ),
+    ] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (a list of rows with steps).")] = False,
 ) -> None:
     """Retrieval metrics of a trained run, or of embeddings made anywhere (.npy files).
 
     With --ensemble, --tta, --whiten, --dba, --qe or --rerank, one row per step, each adding its step to
     the rows above it (in this order), so the table shows what each step added and what it cost.
+    --device picks the engine: the same metrics, ties and values on a GPU as on the CPU.
     """
     # .npy files and shards are scored without torch or Lightning: only a RUN_DIR imports them.
     from embedlab.evaluation import evaluate_embedding_files, evaluate_shards
@@ -69,6 +76,10 @@ def evaluate(
                 )
             if ensemble or tta or whiten or dba or qe or rerank or groups:
                 raise ValueError("shards are evaluated as they are: no retrieval steps or --groups")
+            if device not in ("auto", "cpu"):
+                raise ValueError(
+                    f"shards are evaluated on the CPU; --device {device} needs .npy files or a RUN_DIR"
+                )
             result = evaluate_shards(query_shards, gallery_shards, metrics=metric_names or SHARD_METRICS)
             _print_result(result, as_json)
             return
@@ -85,15 +96,22 @@ def evaluate(
                 ensemble or [],
                 tta or [],
                 steps,
+                device,
             )
         elif run_dir is not None:
             from embedlab.pipelines.evaluate import evaluate_run
 
-            result = evaluate_run(run_dir, metric_names)
+            result = evaluate_run(run_dir, metric_names, device=device)
         else:
             assert query_embeddings is not None and query_labels is not None
             result = evaluate_embedding_files(
-                query_embeddings, query_labels, gallery_embeddings, gallery_labels, groups, metric_names
+                query_embeddings,
+                query_labels,
+                gallery_embeddings,
+                gallery_labels,
+                groups,
+                metric_names,
+                device=device,
             )
     except (ValueError, TypeError, FileNotFoundError) as error:
         raise fail(str(error)) from None
@@ -124,6 +142,7 @@ def _evaluate_steps(
     ensemble: list[str],
     tta: list[str],
     steps: list[StepConfig],
+    device: str,
 ) -> list[StepResult]:
     from embedlab.evaluation import DEFAULT_METRICS, load_embedding_files
     from embedlab.evaluation.steps import RetrievalProblem, postprocessing_rows, score_step
@@ -139,12 +158,16 @@ def _evaluate_steps(
             ensemble=[EnsembleMember.parse(member) for member in ensemble],
             tta=TestTimeAugmentation.parse(tta) if tta else None,
             steps=steps,
+            device=device,
         )
     if ensemble or tta:
         raise ValueError("--ensemble and --tta embed images with trained models: give a RUN_DIR")
     problem = RetrievalProblem.from_files(load_embedding_files(*files))  # type: ignore[arg-type]
     names = metric_names or list(DEFAULT_METRICS)
-    return [score_step("embeddings", problem, names, 0.0), *postprocessing_rows(problem, steps, names)]
+    return [
+        score_step("embeddings", problem, names, 0.0, device=device),
+        *postprocessing_rows(problem, steps, names, device=device),
+    ]
 
 
 def _print_step_rows(rows: list[StepResult]) -> None:

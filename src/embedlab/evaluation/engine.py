@@ -15,6 +15,9 @@ no caller-chosen k can make a metric wrong (with `map`, d is the gallery size). 
 (`embedlab.evaluation.ranking`) ranks each row's positives within its top d in one pass, ties included,
 so no list of neighbours is built; `mrr` takes the first positive's rank by counting over the whole row
 when it lies beyond d.
+
+On a GPU (`device`), the same blocks are ranked with torch by the same rules
+(`embedlab.evaluation.device_engine`): the same ranks, so the same metric formulas and averaging here.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from embedlab.metric_names import (
     parse_metrics,
 )
 from embedlab.retrieval.arrays import SimilarityMetric, check_choice
+from embedlab.retrieval.devices import resolve_device
 from embedlab.retrieval.exact import DEFAULT_MAX_MEMORY_BYTES, iter_similarity_blocks
 from embedlab.retrieval.exclusions import Exclusions, make_exclusions, sampled_exclusions
 from embedlab.retrieval.faiss_index import IndexOptions, build_index
@@ -81,6 +85,8 @@ class EvaluationOptions:
     num_threads: int
     index_options: IndexOptions | None
     rescore: Rescorer | None = None
+    # The torch device of exact evaluation ("cuda", "cuda:1"; "cpu" in tests), None for the numpy engine.
+    torch_device: str | None = None
     # Exact search: the compiled ranking kernel, loading on its own thread from the moment the options
     # are read, so that its loading overlaps the validation of the inputs and the first product.
     kernel_loading: Future[None] | None = None
@@ -108,7 +114,32 @@ def _evaluate_prepared(
             values[spec.name][start:stop] = metric_values(spec, ranks, n_positives[start:stop])
 
     began = time.perf_counter()
-    if options.method == "exact":
+    if options.method == "exact" and options.torch_device is not None:
+        import torch
+
+        from embedlab.evaluation.device_engine import iter_device_ranks
+
+        for ranked in iter_device_ranks(
+            queries,
+            gallery,
+            codes,
+            labels,
+            exclusions,
+            plan,
+            torch.device(options.torch_device),
+            max_memory_bytes=options.max_memory_bytes,
+            rescore=options.rescore,
+        ):
+            n_positives[ranked.start : ranked.stop] = ranked.n_positives
+            score(ranked.start, ranked.stop, ranked.ranks)
+            LOGGER.debug(
+                "ranked queries up to %d of %d on %s (%.1f s)",
+                ranked.stop,
+                n_queries,
+                options.torch_device,
+                time.perf_counter() - began,
+            )
+    elif options.method == "exact":
         kernel_loading = options.kernel_loading
         assert kernel_loading is not None, "evaluation_options starts loading the kernel for exact search"
         for block in iter_similarity_blocks(
@@ -233,13 +264,23 @@ def evaluation_options(
     method: str,
     num_threads: int | None,
     index_options: IndexOptions | None,
+    device: Any = "auto",
 ) -> EvaluationOptions:
-    """Check the options and parse the metric names; for exact search, start loading the kernel."""
+    """Check the options and parse the metric names; for exact search, pick the device (see
+    `resolve_device`) and, on the CPU, start loading the kernel."""
     check_choice(average, AVERAGES, "average")
     check_choice(without_positives, WITHOUT_POSITIVES, "without_positives")
     check_choice(method, SEARCH_METHODS, "method")
     if max_memory_bytes <= 0:
         raise ValueError(f"max_memory_bytes must be positive, got {max_memory_bytes}.")
+    torch_device = resolve_device(device)
+    if method != "exact" and torch_device is not None:
+        if device != "auto":
+            raise ValueError(
+                f"device={device!r} evaluates exactly (method='exact'); method={method!r} searches a faiss "
+                "index on the CPU, so pass device='cpu' or 'auto' with it."
+            )
+        torch_device = None
     return EvaluationOptions(
         specs=parse_metrics(metrics),
         average=average,  # type: ignore[arg-type]
@@ -249,7 +290,8 @@ def evaluation_options(
         method=method,  # type: ignore[arg-type]
         num_threads=num_threads or default_num_threads(),
         index_options=index_options,
-        kernel_loading=load_ranking_kernel() if method == "exact" else None,
+        torch_device=torch_device,
+        kernel_loading=load_ranking_kernel() if method == "exact" and torch_device is None else None,
     )
 
 
@@ -272,6 +314,7 @@ def evaluate_retrieval(
     index_options: IndexOptions | None = None,
     exclude_index: Any = None,
     rescore: Rescorer | None = None,
+    device: Any = "auto",
 ) -> RetrievalResult:
     """Score retrieval of `query_embeddings` in a gallery with the metrics of METRICS.md.
 
@@ -292,13 +335,28 @@ def evaluate_retrieval(
     exclude_index: (Nq,) with a separate gallery, the gallery index of each query's own item, -1 for none;
     hidden from it as in the search of a set in itself (for example a set searched in its copy after
     database-side augmentation: numpy.arange(Nq)). rescore: a re-ranking applied to each block of
-    similarities before it is ranked (see `Rescorer`; exact search only).
+    similarities before it is ranked (see `Rescorer`; exact search only; on a GPU each block is copied
+    to the host and back for it). device: where exact evaluation computes: "auto" (default: a GPU when
+    torch sees one, else the CPU, deciding without importing torch where no NVIDIA device exists),
+    "cpu" (the numpy engine), "cuda" or "cuda:N" (the torch engine; an error without that GPU), or a
+    torch.device (the torch engine on it; torch.device("cpu") runs the GPU code path on the CPU). Both
+    engines rank by the same rules and give the same values; on a GPU, blocks of queries are sized from
+    its free memory (not max_memory_bytes) and halved when it runs out.
 
     Raises ValueError for labels that are not 1-D integers, mismatched lengths or dimensions, NaN or
-    infinite embeddings, an empty query set or gallery, and unknown metric names.
+    infinite embeddings, an empty query set or gallery, unknown metric names, and a GPU device that
+    torch does not see.
     """
     options = evaluation_options(
-        metrics, average, without_positives, per_class, max_memory_bytes, method, num_threads, index_options
+        metrics,
+        average,
+        without_positives,
+        per_class,
+        max_memory_bytes,
+        method,
+        num_threads,
+        index_options,
+        device,
     )
     options = replace(options, rescore=rescore)
     inputs = validate_inputs(

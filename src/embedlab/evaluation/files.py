@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,9 +91,11 @@ def evaluate_embedding_files(
     metrics: Sequence[str] | str | None = None,
     *,
     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+    device: Any = "auto",
 ) -> RetrievalResult:
     """Evaluate embeddings saved as .npy files (for `embedlab evaluate`; the files as in
-    `load_embedding_files`). metrics: names or a comma-separated string; None means DEFAULT_METRICS."""
+    `load_embedding_files`). metrics: names or a comma-separated string; None means DEFAULT_METRICS.
+    device: as for `evaluate_retrieval`."""
     files = load_embedding_files(
         query_embeddings_path, query_labels_path, gallery_embeddings_path, gallery_labels_path, groups_path
     )
@@ -105,4 +108,5 @@ def evaluate_embedding_files(
         query_groups=files.query_groups,
         gallery_groups=files.gallery_groups,
         max_memory_bytes=max_memory_bytes,
+        device=device,
     )

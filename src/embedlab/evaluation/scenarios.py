@@ -51,19 +51,29 @@ def evaluate_scenarios(
     method: SearchMethod = "exact",
     num_threads: int | None = None,
     index_options: IndexOptions | None = None,
+    device: Any = "auto",
 ) -> dict[str, RetrievalResult]:
     """Score named scenarios, each a subset of the queries searched in a subset of the gallery.
 
     scenarios: name -> (query selection, gallery selection), each a boolean mask over the queries /
     gallery (or an integer index array), e.g. {"top_vs_top": (is_top, is_top), "lateral_vs_top":
     (~is_top, is_top)}. Without a separate gallery both select from the query set, and an item that is
-    both a selected query and a selected gallery item is hidden from itself by index. Other arguments:
-    as for `evaluate_retrieval`. Returns one RetrievalResult per scenario, in the given order.
+    both a selected query and a selected gallery item is hidden from itself by index. Other arguments
+    (device included): as for `evaluate_retrieval`. Returns one RetrievalResult per scenario, in the
+    given order.
     """
     if not scenarios:
         raise ValueError("scenarios is empty; give at least one name -> (query mask, gallery mask).")
     options = evaluation_options(
-        metrics, average, without_positives, per_class, max_memory_bytes, method, num_threads, index_options
+        metrics,
+        average,
+        without_positives,
+        per_class,
+        max_memory_bytes,
+        method,
+        num_threads,
+        index_options,
+        device,
     )
     inputs = validate_inputs(
         query_embeddings,

@@ -114,7 +114,8 @@ class RetrievalProblem:
         exclusions = make_exclusions(len(self.queries), len(self.gallery), **self.exclusions())
         return positive_counts(codes, labels, exclusions, 0, len(self.queries))
 
-    def score(self, metrics: Sequence[str], rescore: Any = None) -> RetrievalResult:
+    def score(self, metrics: Sequence[str], rescore: Any = None, device: Any = "auto") -> RetrievalResult:
+        """The metrics of this problem (device: as for `evaluate_retrieval`)."""
         if self.gallery is self.queries:
             # The set searched in itself, as a plain evaluation does it (the same float rounding).
             return evaluate_retrieval(
@@ -123,6 +124,7 @@ class RetrievalProblem:
                 metrics=list(metrics),
                 query_groups=self.query_groups,
                 rescore=rescore,
+                device=device,
             )
         return evaluate_retrieval(
             self.queries,
@@ -131,6 +133,7 @@ class RetrievalProblem:
             self.gallery_labels,
             metrics=list(metrics),
             rescore=rescore,
+            device=device,
             **self.exclusions(),
         )
 
@@ -160,9 +163,10 @@ def score_step(
     metrics: Sequence[str],
     step_seconds: float,
     rescore: Any = None,
+    device: Any = "auto",
 ) -> StepResult:
     began = time.perf_counter()
-    result = problem.score(metrics, rescore)
+    result = problem.score(metrics, rescore, device)
     return StepResult(step, result, step_seconds, time.perf_counter() - began)
 
 
@@ -172,10 +176,12 @@ def postprocessing_rows(
     metrics: Sequence[str],
     *,
     train_embeddings: Callable[[], np.ndarray] | None = None,
+    device: Any = "auto",
 ) -> list[StepResult]:
     """A row per step config, in order, each applied on top of the previous ones (not the baseline row).
 
-    train_embeddings: computes the training embeddings when whitening is learned on them.
+    train_embeddings: computes the training embeddings when whitening is learned on them. device: where
+    each row is scored (as for `evaluate_retrieval`; the steps themselves run on the CPU).
     """
     rows: list[StepResult] = []
     for step in build_steps(steps):
@@ -183,5 +189,5 @@ def postprocessing_rows(
         sides, rescore = apply_step(step, problem.sides(), train_embeddings)
         seconds = time.perf_counter() - began
         problem = replace(problem, queries=sides.queries, gallery=sides.gallery)
-        rows.append(score_step(step.label(), problem, metrics, seconds, rescore=rescore))
+        rows.append(score_step(step.label(), problem, metrics, seconds, rescore=rescore, device=device))
     return rows

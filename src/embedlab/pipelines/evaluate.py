@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,13 +18,14 @@ from embedlab.evaluation.steps import RetrievalProblem, StepResult, postprocessi
 from embedlab.models.tta import TestTimeAugmentation
 from embedlab.retrieval.postprocessing import StepConfig
 from embedlab.training.run_dir import SPLIT_FILE, load_run, read_json
-from embedlab.training.validation import score_validation, validation_problem
+from embedlab.training.validation import validation_problem
 
 
 def evaluate_run(
-    run_dir: str | Path, metrics: Sequence[str] | None = None, which: str = "best"
+    run_dir: str | Path, metrics: Sequence[str] | None = None, which: str = "best", device: Any = "auto"
 ) -> RetrievalResult:
-    """A finished run's checkpoint (best or last) scored on its validation split."""
+    """A finished run's checkpoint (best or last) scored on its validation split (device: where the
+    exact evaluation computes, as for `evaluate_retrieval`)."""
     run = load_run(run_dir, which)
     cfg = run.config
     data = prepare_data(cfg.data)
@@ -33,7 +35,8 @@ def evaluate_run(
     gallery = (
         None if data.gallery is None else pipeline.embed_images(data.gallery, batch, workers, progress=True)
     )
-    return score_validation(query, gallery, data.query, data.gallery, metrics or cfg.train.metrics)
+    problem = validation_problem(query, gallery, data.query, data.gallery)
+    return problem.score(metrics or cfg.train.metrics, device=device)
 
 
 # split.json keys that must agree for runs to be scored on the same validation items.
@@ -65,12 +68,14 @@ def evaluate_run_steps(
     tta: TestTimeAugmentation | None = None,
     steps: Sequence[StepConfig] = (),
     which: str = "best",
+    device: Any = "auto",
 ) -> list[StepResult]:
     """Score a run's validation split with each requested step added in turn.
 
     Rows: the run's model; + the ensemble with the other runs (RUN_DIR has weight 1); + test-time
     augmentation (of every model); then a row per post-processing step, in order (see
-    `embedlab.evaluation.steps`). Each member must have been trained on the same split.
+    `embedlab.evaluation.steps`). Each member must have been trained on the same split. device: where
+    each row is scored (as for `evaluate_retrieval`).
     """
     primary = load_run(run_dir, which)
     for member in ensemble:
@@ -103,19 +108,23 @@ def evaluate_run_steps(
 
     plain = embed_members(pipeline)
     first = validation_problem(plain[0].queries, plain[0].gallery, data.query, data.gallery)
-    rows = [score_step("model", first, metric_names, plain[0].seconds)]
+    rows = [score_step("model", first, metric_names, plain[0].seconds, device=device)]
     problem = combined(plain)
     if ensemble:
         label = f"ensemble of {len(runs)} runs, weights {', '.join(f'{w:g}' for w in pipeline.weights)}"
-        rows.append(score_step(label, problem, metric_names, sum(e.seconds for e in plain[1:])))
+        seconds = sum(e.seconds for e in plain[1:])
+        rows.append(score_step(label, problem, metric_names, seconds, device=device))
     views = pipeline.with_tta(tta)
     if tta is not None:
         viewed = embed_members(views)
         problem = combined(viewed)
-        rows.append(score_step(f"tta {tta.label()}", problem, metric_names, sum(e.seconds for e in viewed)))
+        seconds = sum(e.seconds for e in viewed)
+        rows.append(score_step(f"tta {tta.label()}", problem, metric_names, seconds, device=device))
 
     def train_embeddings() -> np.ndarray:
         return views.embed_images(data.train, batch, workers)
 
-    rows.extend(postprocessing_rows(problem, steps, metric_names, train_embeddings=train_embeddings))
+    rows.extend(
+        postprocessing_rows(problem, steps, metric_names, train_embeddings=train_embeddings, device=device)
+    )
     return rows
