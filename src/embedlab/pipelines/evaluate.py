@@ -10,27 +10,36 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from embedlab.data.splits import prepare_data
 from embedlab.embeddings.encoder import EmbeddingPipeline, EnsembleMember
 from embedlab.evaluation import RetrievalResult
 from embedlab.evaluation.steps import RetrievalProblem, StepResult, postprocessing_rows, score_step
+from embedlab.models.devices import resolve_device
 from embedlab.models.tta import TestTimeAugmentation
 from embedlab.retrieval.postprocessing import StepConfig
 from embedlab.training.run_dir import SPLIT_FILE, load_run, read_json
 from embedlab.training.validation import validation_problem
 
 
+def _embedding_device(device: Any) -> torch.device:
+    """Where the models embed for an evaluation on `device`: that device, the GPU for "auto" when torch
+    sees one, the CPU for the numpy engine ("cpu")."""
+    return device if isinstance(device, torch.device) else resolve_device(str(device), option="--device")
+
+
 def evaluate_run(
     run_dir: str | Path, metrics: Sequence[str] | None = None, which: str = "best", device: Any = "auto"
 ) -> RetrievalResult:
     """A finished run's checkpoint (best or last) scored on its validation split (device: where the
-    exact evaluation computes, as for `evaluate_retrieval`)."""
+    model embeds and the exact evaluation computes, as for `evaluate_retrieval`)."""
     run = load_run(run_dir, which)
     cfg = run.config
     data = prepare_data(cfg.data)
     batch, workers = cfg.train.eval_batch_size, cfg.data.num_workers
-    pipeline = EmbeddingPipeline([run.embedder], [1.0])
+    pipeline = EmbeddingPipeline([run.embedder], [1.0], precision=cfg.train.precision)
+    pipeline.to(_embedding_device(device))
     query = pipeline.embed_images(data.query, batch, workers, progress=True)
     gallery = (
         None if data.gallery is None else pipeline.embed_images(data.gallery, batch, workers, progress=True)
@@ -82,8 +91,10 @@ def evaluate_run_steps(
         _check_same_split(primary.run_dir, member.run_dir)
     runs = [primary] + [load_run(member.run_dir, which) for member in ensemble]
     pipeline = EmbeddingPipeline(
-        embedders=[run.embedder for run in runs], weights=[1.0] + [member.weight for member in ensemble]
-    )
+        embedders=[run.embedder for run in runs],
+        weights=[1.0] + [member.weight for member in ensemble],
+        precision=primary.config.train.precision,
+    ).to(_embedding_device(device))
     cfg = primary.config
     data = prepare_data(cfg.data)
     metric_names = list(metrics or cfg.train.metrics)
