@@ -274,6 +274,7 @@ def evaluate(
     *,
     metrics: Sequence[str] | str | None = None,
     checkpoint: str = "best",
+    device: Any = "auto",
     **options: Any,
 ) -> RetrievalResult:
     """Retrieval metrics, as a RetrievalResult that prints as a table.
@@ -282,7 +283,8 @@ def evaluate(
     `embedlab evaluate RUN_DIR` does (`labels`, `gallery` and `options` do not apply).
     Embeddings (Nq, D) with their labels (Nq,): searched in themselves, or against `gallery` (Ng, D)
     with `gallery_labels`; `options` are `evaluate_retrieval`'s (query_groups, average, per_class,
-    method, ...; docs/evaluation.md).
+    method, ...; docs/evaluation.md). device: where exact evaluation computes, for runs and embeddings
+    alike ("auto", "cpu", "cuda", "cuda:N"; see docs/evaluation.md, "On the GPU").
     """
     from embedlab.evaluation import evaluate_retrieval
     from embedlab.pipelines.evaluate import evaluate_run
@@ -293,12 +295,12 @@ def evaluate(
                 "a run is scored on its own validation split: labels, gallery and options apply to embeddings"
             )
         names = [metrics] if isinstance(metrics, str) else metrics
-        return evaluate_run(_run_dir_of(run_or_embeddings), names, which=checkpoint)
+        return evaluate_run(_run_dir_of(run_or_embeddings), names, which=checkpoint, device=device)
     if labels is None:
         raise TypeError("evaluate(embeddings, labels): embeddings need their labels")
     if metrics is not None:
         options["metrics"] = metrics
-    return evaluate_retrieval(run_or_embeddings, labels, gallery, gallery_labels, **options)
+    return evaluate_retrieval(run_or_embeddings, labels, gallery, gallery_labels, device=device, **options)
 
 
 def _gallery_sources(gallery: str | Path | Sequence[str | Path]) -> list[Path]:
