@@ -2,8 +2,8 @@ import gzip
 import struct
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from embedlab.data import builtin
 from embedlab.data.builtin import load_digits, load_fashion_mnist, load_mnist_5k, read_idx

@@ -40,7 +40,7 @@ class AugmentConfig(Section):
 
 @dataclass(frozen=True)
 class SyntheticDataset:
-    """`data.dataset: synthetic:IMAGES:CLASSES`: random images, `images // classes` (or one more) per class."""
+    """`data.dataset: synthetic:IMAGES:CLASSES`: random images, images // classes (or one more) per class."""
 
     images: int
     classes: int
