@@ -24,7 +24,6 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSample
 
 from embedlab.data.images import InMemoryImages, LabelledImages
 
-
 #: The most loader processes the default starts: more rarely help and each holds a copy of the dataset.
 MAX_DEFAULT_WORKERS = 8
 

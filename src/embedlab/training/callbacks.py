@@ -76,6 +76,9 @@ class RetrievalValidation(L.Callback):
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            # CUDA runs the last steps after Python queued them: the epoch ends when the device is done.
+            torch.cuda.synchronize(pl_module.device)
         epoch_seconds = time.perf_counter() - self._epoch_start
         self.train_seconds += epoch_seconds
         self.train_images += self._epoch_images
