@@ -130,3 +130,48 @@ def test_a_metric_typo_fails_at_load_time_before_torch_or_numpy_is_imported(tmp_
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_gpu_training_keys_default_to_the_machine_and_take_their_values() -> None:
+    train = ExperimentConfig().train
+    assert (train.accelerator, train.devices, train.precision, train.compile) == (
+        "auto",
+        None,
+        "32-true",
+        False,
+    )
+    assert ExperimentConfig().data.num_workers is None
+    cfg, _ = load_config(
+        None,
+        ["train.accelerator=gpu", "train.devices=4", "train.precision=16-mixed", "train.compile=true"],
+    )
+    assert (cfg.train.accelerator, cfg.train.devices, cfg.train.precision, cfg.train.compile) == (
+        "gpu",
+        4,
+        "16-mixed",
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.accelerator=cuda", r"train.accelerator"),
+        ("train.precision=16", r"train.precision"),
+        ("train.devices=0", r"train.devices"),
+        ("data.dataset=synthetic:100", r"synthetic:IMAGES:CLASSES"),
+        ("data.dataset=synthetic:10:8", r"at least 2 images per class, got 10 images of 8 classes"),
+    ],
+)
+def test_gpu_training_keys_and_synthetic_sizes_are_checked_when_read(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_synthetic_dataset_sizes() -> None:
+    from embedlab.config import SyntheticDataset, parse_synthetic_dataset
+
+    assert parse_synthetic_dataset("synthetic:512:16") == SyntheticDataset(images=512, classes=16)
+    assert parse_synthetic_dataset("synthetic") == SyntheticDataset(images=2048, classes=32)
+    assert parse_synthetic_dataset("digits") is None
+    assert parse_synthetic_dataset("synthetic-photos") is None  # a folder of that name stays a folder

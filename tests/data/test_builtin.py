@@ -3,6 +3,7 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 
 from embedlab.data import builtin
 from embedlab.data.builtin import load_digits, load_fashion_mnist, load_mnist_5k, read_idx
@@ -55,3 +56,29 @@ def test_digits_and_mnist_5k_are_uint8_images_with_ten_classes() -> None:
     mnist = load_mnist_5k().train
     assert mnist.images.shape == (5000, 1, 28, 28)
     assert sorted(set(mnist.labels.tolist())) == list(range(10))
+
+
+def test_synthetic_images_are_seeded_in_memory_at_the_asked_size() -> None:
+    from embedlab.config import SyntheticDataset
+    from embedlab.data.builtin import make_synthetic
+
+    spec = SyntheticDataset(images=30, classes=4)
+    first = make_synthetic(spec, image_size=16, channels=3).train
+    again = make_synthetic(spec, image_size=16, channels=3).train
+    assert first.images.shape == (30, 3, 16, 16) and first.images.dtype == torch.uint8
+    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    assert torch.bincount(first.labels).tolist() == [8, 8, 7, 7]
+    assert first.images.float().std() > 50  # noise over the whole 0..255 range, not a constant
+
+
+def test_a_synthetic_dataset_splits_like_a_builtin_set() -> None:
+    from embedlab.config import load_config
+    from embedlab.data.splits import prepare_data
+
+    cfg, _ = load_config(
+        None, ["data.dataset=synthetic:40:4", "data.image_size=8", "data.validation.split=images"]
+    )
+    data = prepare_data(cfg.data)
+    assert (data.image_size, data.channels, data.num_classes) == (8, 3, 4)
+    assert len(data.train) + len(data.query) == 40
+    assert data.record["dataset"] == "synthetic:40:4"

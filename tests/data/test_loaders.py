@@ -102,3 +102,33 @@ def test_the_processes_slices_partition_the_batches_one_process_draws(m_per_clas
 def test_the_global_batch_must_split_evenly_over_the_processes() -> None:
     with pytest.raises(ValueError, match="multiple of 3"):
         train_batches(_images(), batch_size=8, seed=0, rank=0, world_size=3)
+
+
+def test_default_workers_feed_a_gpu_and_leave_a_cpu_run_in_the_main_process(monkeypatch) -> None:
+    from embedlab.data import loaders
+
+    monkeypatch.setattr(loaders, "_usable_cpu_count", lambda: 16)
+    assert loaders.resolve_num_workers(None, feeds_cuda=True) == loaders.MAX_DEFAULT_WORKERS
+    assert loaders.resolve_num_workers(None, feeds_cuda=False) == 0
+    assert loaders.resolve_num_workers(3, feeds_cuda=False) == 3
+    monkeypatch.setattr(loaders, "_usable_cpu_count", lambda: 4)
+    assert loaders.resolve_num_workers(None, feeds_cuda=True) == 3  # one core stays with training
+    monkeypatch.setattr(loaders, "_usable_cpu_count", lambda: 1)
+    assert loaders.resolve_num_workers(None, feeds_cuda=True) == 0
+
+
+def test_batches_for_a_gpu_are_pinned_and_in_memory_sets_need_no_workers() -> None:
+    # DataLoader only records pin_memory here; pinning itself needs a CUDA build and device.
+    loader = train_batches(_images(), batch_size=8, seed=0, num_workers=4, feeds_cuda=True)
+    assert loader.pin_memory and loader.num_workers == 0 and not loader.persistent_workers
+    assert not train_batches(_images(), batch_size=8, seed=0).pin_memory
+    assert not eval_batches(_images(10), batch_size=4, feeds_cuda=False).pin_memory
+
+
+def test_workers_for_image_files_live_as_long_as_the_loader(tmp_path, make_image_folder) -> None:
+    from embedlab.data.sources import read_folder
+
+    source = read_folder(make_image_folder(tmp_path / "images", classes=2, per_class=2), 8, 3)
+    loader = eval_batches(source.images, batch_size=2, num_workers=1, feeds_cuda=False)
+    assert loader.num_workers == 1 and loader.persistent_workers and not loader.pin_memory
+    assert eval_batches(source.images, batch_size=2, num_workers=None, feeds_cuda=False).num_workers == 0

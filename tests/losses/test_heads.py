@@ -36,17 +36,21 @@ def edge_case_batch(head: ClassificationHeadLoss) -> tuple[torch.Tensor, torch.T
     return embeddings, torch.zeros(len(EDGE_COSINES), dtype=torch.long)
 
 
-@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bfloat16-autocast"])
+@pytest.mark.parametrize(
+    "autocast",
+    [None, torch.bfloat16, torch.float16],
+    ids=["float32", "bfloat16-autocast", "float16-autocast"],
+)
 @pytest.mark.parametrize("make_head", HEADS.values(), ids=HEADS.keys())
 def test_finite_loss_and_gradients_at_the_edges(
-    make_head: Callable[[], ClassificationHeadLoss], autocast: bool
+    make_head: Callable[[], ClassificationHeadLoss], autocast: torch.dtype | None
 ) -> None:
     head = make_head()
     embeddings, labels = edge_case_batch(head)
-    if autocast:
-        embeddings = embeddings.to(torch.bfloat16)
+    if autocast is not None:
+        embeddings = embeddings.to(autocast)
     embeddings.requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         loss = head(embeddings, labels)
         logits = head.get_logits(embeddings.detach())
     loss.backward()

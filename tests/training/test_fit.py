@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -266,3 +268,114 @@ def test_the_data_summary_and_the_overrides_of_the_csv_are_logged_before_the_fir
     assert "data.validation.split=images re-splits" in logged[2][1]
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert (split["query_images"], split["gallery_images"]) == (12, 12)
+
+
+def test_bf16_mixed_precision_trains_end_to_end_and_records_its_precision(tmp_path, monkeypatch) -> None:
+    from embedlab.training import callbacks
+
+    validated_in = []
+
+    def recording_embed(*args, precision: str = "32-true", **kwargs):
+        validated_in.append(precision)
+        return embed(*args, precision=precision, **kwargs)
+
+    embed = callbacks.embed
+    monkeypatch.setattr(callbacks, "embed", recording_embed)
+    cfg, _ = load_config(
+        None, [*DIGITS, "train.epochs=1", "train.max_steps_per_epoch=2", "train.precision=bf16-mixed"]
+    )
+    result = fit(cfg, tmp_path / "run", progress=False)
+    # validation runs outside Lightning's autocast: it embeds under the run's own precision
+    assert validated_in and set(validated_in) == {"bf16-mixed"}
+    assert (result.summary["precision"], result.summary["accelerator"]) == ("bf16-mixed", "cpu")
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    # autocast computes in bfloat16, the weights themselves stay float32
+    assert all(t.dtype == torch.float32 for t in state.values() if t.is_floating_point())
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+    assert 0.0 <= result.metrics["precision_at_1"] <= 1.0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine on which torch sees no CUDA device")
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.accelerator=gpu"], r"train.accelerator=gpu, but torch sees no CUDA device \(torch "),
+        (["train.precision=16-mixed"], r"16-mixed .*use train.precision=bf16-mixed or 32-true"),
+    ],
+)
+def test_a_run_the_machine_cannot_do_fails_before_its_folder_is_made(tmp_path, overrides, message) -> None:
+    cfg, _ = load_config(None, [*DIGITS, *overrides])
+    with pytest.raises(ValueError, match=message):
+        fit(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_compiled_run_on_synthetic_images_loads_into_an_uncompiled_embedder(tmp_path, monkeypatch) -> None:
+    from embedlab.training import fit as fit_module
+    from embedlab.training.hardware import compile_embedder
+
+    backends: list[str] = []
+
+    def record(embedder, backend: str) -> None:
+        backends.append(backend)
+        compile_embedder(embedder, backend)
+
+    monkeypatch.setattr(fit_module, "compile_embedder", record)
+    cfg, _ = load_config(
+        None,
+        [
+            "data.dataset=synthetic:96:4",
+            "data.image_size=8",
+            "data.channels=1",
+            "data.validation.split=images",
+            "model.embedding_dim=16",
+            "train.batch_size=16",
+            "train.epochs=1",
+            "train.max_steps_per_epoch=2",
+            "train.compile=true",
+            # a real compile that needs no C++ compiler
+            "train.compile_backend=eager",
+        ],
+    )
+    fit(cfg, tmp_path / "run", progress=False)
+    assert backends == ["eager"]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert not any("_orig_mod" in key for key in state)
+    run = load_run(tmp_path / "run", "last")
+    assert getattr(run.embedder, "_compiled_call_impl", None) is None
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    assert run.embedder(images).shape == (3, 16)
+
+
+def _as_if_saved_on_a_gpu(checkpoint: Path) -> None:
+    """Rewrite a torch.save file so that its tensors name cuda:0 as their device, as a checkpoint written
+    by a GPU run does (torch.save records each storage's device; torch memoises the string, so one
+    replacement relocates every tensor)."""
+    cpu, cuda = b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0"
+    original = checkpoint.with_suffix(".cpu")
+    checkpoint.rename(original)
+    with zipfile.ZipFile(original) as source, zipfile.ZipFile(checkpoint, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            payload = source.read(info.filename)
+            if info.filename.endswith("/data.pkl"):
+                assert cpu in payload
+                payload = payload.replace(cpu, cuda)
+            target.writestr(info, payload)
+    original.unlink()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine on which torch sees no CUDA device")
+def test_a_checkpoint_saved_on_a_gpu_loads_and_resumes_on_a_cpu_only_machine(tmp_path) -> None:
+    cfg, _ = load_config(None, [*DIGITS, "train.epochs=1", "train.max_steps_per_epoch=2"])
+    out = tmp_path / "run"
+    fit(cfg, out, progress=False)
+    last = out / "checkpoints" / "last.ckpt"
+    _as_if_saved_on_a_gpu(last)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(last, weights_only=True)  # the file really asks for a GPU
+    run = load_run(out, "last")
+    assert all(t.device.type == "cpu" for t in run.embedder.state_dict().values())
+    assert run.embedder(torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)).shape == (2, 32)
+    longer, _ = load_config(None, [*DIGITS, "train.epochs=2", "train.max_steps_per_epoch=2"])
+    fit(longer, out, resume=True, progress=False)
+    assert torch.load(last, weights_only=True)["global_step"] == 4

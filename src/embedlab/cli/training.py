@@ -33,7 +33,10 @@ def train(
     force: Annotated[bool, typer.Option(help="Overwrite an existing run folder.")] = False,
     devices: Annotated[
         int | None,
-        typer.Option(min=1, help="Training processes on this machine (DDP); default: torchrun's, else 1."),
+        typer.Option(
+            min=1,
+            help="Training processes on this machine (DDP); default: train.devices, torchrun's, else 1.",
+        ),
     ] = None,
     num_nodes: Annotated[
         int | None, typer.Option(min=1, help="Machines, each running --devices processes (torchrun).")

@@ -29,8 +29,10 @@ from embedlab.config.schema import (
     ModelConfig,
     OptimizerConfig,
     SchedulerConfig,
+    SyntheticDataset,
     TrainConfig,
     ValidationSplitConfig,
+    parse_synthetic_dataset,
 )
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "ModelConfig",
     "OptimizerConfig",
     "SchedulerConfig",
+    "SyntheticDataset",
     "TrainConfig",
     "ValidationSplitConfig",
     "expand_grid",
@@ -52,6 +55,7 @@ __all__ = [
     "parse_assignment",
     "parse_config",
     "parse_grid_option",
+    "parse_synthetic_dataset",
     "read_yaml",
     "reference_markdown",
     "resolve_config_path",

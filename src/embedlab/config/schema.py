@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
@@ -37,9 +38,44 @@ class AugmentConfig(Section):
     crop_padding: int = Field(0, ge=0, description="pad by this many pixels, then crop back at random")
 
 
+@dataclass(frozen=True)
+class SyntheticDataset:
+    """`data.dataset: synthetic:IMAGES:CLASSES`: random images, images // classes (or one more) per class."""
+
+    images: int
+    classes: int
+
+
+SYNTHETIC_NAME = "synthetic"
+#: What `data.dataset: synthetic` alone makes: 64 images of each of 32 classes.
+SYNTHETIC_DEFAULT = SyntheticDataset(images=2048, classes=32)
+
+
+def parse_synthetic_dataset(name: str) -> SyntheticDataset | None:
+    """The sizes of `synthetic` or `synthetic:IMAGES:CLASSES`, None for any other dataset name; a
+    ValueError for a synthetic name whose sizes are malformed or leave a class without a positive."""
+    if name == SYNTHETIC_NAME:
+        return SYNTHETIC_DEFAULT
+    if not name.startswith(f"{SYNTHETIC_NAME}:"):
+        return None
+    parts = name.split(":")[1:]
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        raise ValueError(f"{name!r}: write synthetic or synthetic:IMAGES:CLASSES, e.g. synthetic:8192:64")
+    images, classes = int(parts[0]), int(parts[1])
+    # Two images per class at least, so that every validation query has a positive to find.
+    if classes < 2 or images < 2 * classes:
+        raise ValueError(
+            f"{name!r}: needs 2 classes or more and at least 2 images per class, got {images} images of "
+            f"{classes} classes"
+        )
+    return SyntheticDataset(images=images, classes=classes)
+
+
 class DataConfig(Section):
     dataset: str = Field(
-        "fashion-mnist", description="a built-in name (fashion-mnist, mnist-5k, digits), a folder, or a CSV"
+        "fashion-mnist",
+        description="a built-in name (fashion-mnist, mnist-5k, digits), synthetic or "
+        "synthetic:IMAGES:CLASSES (seeded random images in memory, for throughput), a folder, or a CSV",
     )
     root: str | None = Field(
         None, description="folder the CSV's relative paths start from (default: its own)"
@@ -55,13 +91,24 @@ class DataConfig(Section):
     max_images_per_split: int | None = Field(None, gt=0, description="subsample each split (quick runs)")
     m_per_class: int | None = Field(None, gt=0, description="m images per class in every batch")
     augment: AugmentConfig = AugmentConfig()
-    num_workers: int = Field(0, ge=0, description="data-loading processes for image files")
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="data-loading processes for image files; default: min(8, CPU cores - 1) where the "
+        "images feed a CUDA GPU, 0 (the main process) on a CPU-only run",
+    )
     skip_unreadable: bool = Field(
         False,
         description="image files are decoded once before training (cached by size and mtime); false: "
         "missing or undecodable ones stop the run, listed in one error; true: they are left out and "
         "counted in summary.json",
     )
+
+    @field_validator("dataset")
+    @classmethod
+    def _synthetic_sizes_are_valid(cls, value: str) -> str:
+        parse_synthetic_dataset(value)
+        return value
 
 
 class DOLGConfig(Section):
@@ -194,10 +241,26 @@ class TrainConfig(Section):
     eval_batch_size: int = Field(512, gt=0, description="images per step when embedding")
     eval_every_n_epochs: int = Field(1, gt=0, description="validation every n epochs, and after the last")
     max_steps_per_epoch: int | None = Field(None, gt=0, description="cap steps per epoch (quick runs)")
-    precision: Literal["32-true", "bf16-mixed"] = Field("32-true", description="Lightning's precision")
+    accelerator: Literal["auto", "cpu", "gpu"] = Field(
+        "auto",
+        description="auto: the CUDA GPU when torch sees one, else the CPU; gpu without one is an error",
+    )
+    devices: int | None = Field(
+        None,
+        gt=0,
+        description="training processes (DDP) per node; --devices wins; default: torchrun's, else 1",
+    )
+    precision: Literal["32-true", "16-mixed", "bf16-mixed"] = Field(
+        "32-true",
+        description="Lightning's precision; 16-mixed (float16 with a gradient scaler) needs a CUDA GPU",
+    )
     threads: int | None = Field(None, gt=0, description="torch threads; default: all cores")
     channels_last: bool = Field(
         False, description="train the model in channels-last memory format (faster BN-conv nets on CPU)"
+    )
+    compile: bool = Field(False, description="torch.compile the embedder (checkpoints keep plain keys)")
+    compile_backend: str = Field(
+        "inductor", min_length=1, description="torch.compile's backend when train.compile is true"
     )
     ema_decay: float | None = Field(
         None,

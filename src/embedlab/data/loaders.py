@@ -7,16 +7,42 @@ Training batches are global: `train.batch_size` images per optimisation step wha
 processes. Every process draws the same global batches, a function of (seed, epoch) only, and keeps its
 own slice of each (every W-th row), so under DDP the processes together see exactly the batch one process
 would, none sees another's rows, and a resumed run draws the batches it would have drawn.
+
+Feeding a CUDA GPU, batches come in pinned memory (so the copy to the device overlaps the step) from
+`data.num_workers` processes that live as long as the loader; left unset, the number of workers is
+min(MAX_DEFAULT_WORKERS, CPU cores - 1) there and 0 on a CPU-only run, whose cores do torch's work.
+In-memory sets are indexed in the main process whatever the setting: a batch is one tensor index.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 
 from embedlab.data.images import InMemoryImages, LabelledImages
+
+#: The most loader processes the default starts: more rarely help and each holds a copy of the dataset.
+MAX_DEFAULT_WORKERS = 8
+
+
+def _usable_cpu_count() -> int:
+    # The cores this process may run on (a container or taskset may allow fewer than the machine has).
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def resolve_num_workers(num_workers: int | None, *, feeds_cuda: bool) -> int:
+    """`data.num_workers` as given, or its default: min(MAX_DEFAULT_WORKERS, CPU cores - 1) when the
+    batches feed a CUDA GPU (one core stays with the training process), else 0."""
+    if num_workers is not None:
+        return num_workers
+    if not feeds_cuda:
+        return 0
+    return max(0, min(MAX_DEFAULT_WORKERS, _usable_cpu_count() - 1))
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -136,13 +162,15 @@ def train_batches(
     batch_size: int,
     seed: int,
     m_per_class: int | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
     *,
     rank: int = 0,
     world_size: int = 1,
+    feeds_cuda: bool = False,
 ) -> DataLoader:
     """Shuffled training batches, or batches of m images per class, of `batch_size` images in all;
-    process `rank` of `world_size` gets its slice of each (see the module docstring)."""
+    process `rank` of `world_size` gets its slice of each (see the module docstring). `feeds_cuda`:
+    the batches go to a CUDA device (pinned memory, and the default number of workers)."""
     if batch_size % world_size:
         raise ValueError(
             f"train.batch_size ({batch_size}) is the batch of one step over all {world_size} processes; "
@@ -155,21 +183,31 @@ def train_batches(
         batches = EpochBatchSampler(SeededRandomSampler(len(images), seed), batch_size, drop_last=True)
     if len(batches) == 0:  # type: ignore[arg-type]
         raise ValueError(f"the training set ({len(images)} images) is smaller than one batch ({batch_size})")
-    return _loader(images, RankSlices(batches, rank, world_size), num_workers)
+    return _loader(images, RankSlices(batches, rank, world_size), num_workers, feeds_cuda)
 
 
-def eval_batches(images: LabelledImages, batch_size: int, num_workers: int = 0) -> DataLoader:
-    """Batches in dataset order, for embedding."""
+def eval_batches(
+    images: LabelledImages, batch_size: int, num_workers: int | None = 0, feeds_cuda: bool | None = None
+) -> DataLoader:
+    """Batches in dataset order, for embedding; `feeds_cuda` defaults to whether torch sees a CUDA
+    device, where the embedding pipelines put the model."""
     batches = BatchSampler(SequentialSampler(range(len(images))), batch_size=batch_size, drop_last=False)
-    return _loader(images, batches, num_workers)
+    if feeds_cuda is None:
+        feeds_cuda = torch.cuda.is_available()
+    return _loader(images, batches, num_workers, feeds_cuda)
 
 
-def _loader(images: LabelledImages, batches: Sampler[list[int]], num_workers: int) -> DataLoader:
-    in_memory = isinstance(images, InMemoryImages)
+def _loader(
+    images: LabelledImages, batches: Sampler[list[int]], num_workers: int | None, feeds_cuda: bool
+) -> DataLoader:
+    workers = (
+        0 if isinstance(images, InMemoryImages) else resolve_num_workers(num_workers, feeds_cuda=feeds_cuda)
+    )
     return DataLoader(
         images,
         sampler=batches,
         batch_size=None,
-        num_workers=0 if in_memory else num_workers,
-        persistent_workers=not in_memory and num_workers > 0,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=feeds_cuda,
     )

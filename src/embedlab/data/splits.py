@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-from embedlab.config import DataConfig
-from embedlab.data.builtin import BUILTIN_SETS
+from embedlab.config import DataConfig, parse_synthetic_dataset
+from embedlab.data.builtin import BUILTIN_SETS, SYNTHETIC_CHANNELS, SYNTHETIC_IMAGE_SIZE, make_synthetic
 from embedlab.data.check import UnreadableFile, check_files, unreadable_message
 from embedlab.data.images import ImageFiles, InMemoryImages, LabelledImages
+from embedlab.data.loaders import resolve_num_workers
 from embedlab.data.sources import FileSource, read_csv, read_folder
 
 DEFAULT_FILE_IMAGE_SIZE = 224
@@ -93,7 +94,8 @@ def _checked(
 ) -> tuple[FileSource, list[UnreadableFile]]:
     """The source with its unreadable files left out (data.skip_unreadable), and those files; without
     skip_unreadable, any unreadable file is an error that lists them."""
-    found = check_files(source.images, collection, num_workers=cfg.num_workers, progress=progress)
+    workers = resolve_num_workers(cfg.num_workers, feeds_cuda=torch.cuda.is_available())
+    found = check_files(source.images, collection, num_workers=workers, progress=progress)
     total = len(source.images)
     if not found.unreadable:
         return source, []
@@ -119,6 +121,10 @@ def _load_source(
     if cfg.dataset in BUILTIN_SETS:
         builtin = BUILTIN_SETS[cfg.dataset]()
         return builtin.train, builtin.test, None, []
+    synthetic = parse_synthetic_dataset(cfg.dataset)
+    if synthetic is not None:
+        size, channels = cfg.image_size or SYNTHETIC_IMAGE_SIZE, cfg.channels or SYNTHETIC_CHANNELS
+        return make_synthetic(synthetic, size, channels).train, None, None, []
     path = Path(cfg.dataset).expanduser()
     size = cfg.image_size or DEFAULT_FILE_IMAGE_SIZE
     channels = cfg.channels or 3
@@ -131,7 +137,7 @@ def _load_source(
         collection = f"folder {path.resolve()}"
     else:
         raise FileNotFoundError(
-            f"data.dataset {cfg.dataset!r} is neither a built-in set ({', '.join(BUILTIN_SETS)}), "
+            f"data.dataset {cfg.dataset!r} is neither a built-in set ({', '.join(BUILTIN_SETS)}, synthetic), "
             "nor an existing folder, nor a .csv file"
         )
     source, skipped = _checked(source, collection, cfg, progress)

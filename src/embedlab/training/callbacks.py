@@ -45,6 +45,7 @@ class RetrievalValidation(L.Callback):
         every_n_epochs: int = 1,
         snapshot_path: Path | None = None,
         averaging: ExponentialMovingAverage | None = None,
+        precision: str = "32-true",
     ) -> None:
         self.query = query
         self.gallery = gallery
@@ -55,6 +56,9 @@ class RetrievalValidation(L.Callback):
         self.every_n_epochs = every_n_epochs
         self.snapshot_path = snapshot_path
         self.averaging = averaging
+        # Validation runs outside Lightning's step hooks, so its autocast is not in force: embed applies
+        # the run's own precision.
+        self.precision = precision
         self.train_seconds = 0.0
         self.train_images = 0
         self._epoch_start = 0.0
@@ -76,6 +80,9 @@ class RetrievalValidation(L.Callback):
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            # CUDA runs the last steps after Python queued them: the epoch ends when the device is done.
+            torch.cuda.synchronize(pl_module.device)
         epoch_seconds = time.perf_counter() - self._epoch_start
         self.train_seconds += epoch_seconds
         self.train_images += self._epoch_images
@@ -154,10 +161,16 @@ class RetrievalValidation(L.Callback):
     ) -> np.ndarray | None:
         embedder = self.averaging.embedder() if self.averaging else pl_module.embedder  # type: ignore[attr-defined]
         if trainer.world_size == 1:
-            return embed(embedder, images, self.batch_size, self.num_workers)
+            return embed(embedder, images, self.batch_size, self.num_workers, precision=self.precision)
         share = slice_of(len(images), trainer.global_rank, trainer.world_size)
         ids = np.arange(share.start, share.stop)
-        rows = embed(embedder, images.subset(torch.from_numpy(ids)), self.batch_size, self.num_workers)
+        rows = embed(
+            embedder,
+            images.subset(torch.from_numpy(ids)),
+            self.batch_size,
+            self.num_workers,
+            precision=self.precision,
+        )
         return gather_rows(rows, ids, len(images))
 
     @override

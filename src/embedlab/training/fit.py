@@ -1,8 +1,9 @@
 """`fit`: one training run from a config to a run folder (see run_dir.py for what it holds).
 
 One process, or several on Lightning's DDP strategy (`devices` per node on `num_nodes` nodes, or as
-torchrun started them). Process 0 alone prepares and writes the run folder; every process trains on its
-slice of each global batch (data/loaders.py) and the metrics are those of the whole validation set.
+torchrun started them), on the CPU or on CUDA GPUs (training/hardware.py). Process 0 alone prepares and
+writes the run folder; every process trains on its slice of each global batch (data/loaders.py) and the
+metrics are those of the whole validation set.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from embedlab.atomic import remove_stale_temporaries
 from embedlab.config import ExperimentConfig
-from embedlab.data.loaders import train_batches
+from embedlab.data.loaders import resolve_num_workers, train_batches
 from embedlab.data.splits import DataSplits, prepare_data
 from embedlab.models.embedder import build_embedder
 from embedlab.models.weights import load_torch_file
@@ -30,6 +31,7 @@ from embedlab.training.averaging import ExponentialMovingAverage
 from embedlab.training.callbacks import RetrievalValidation
 from embedlab.training.checkpoint_io import AtomicCheckpointIO
 from embedlab.training.distributed import resolve_layout
+from embedlab.training.hardware import compile_embedder, ddp_strategy, resolve_hardware
 from embedlab.training.history import read_history, truncate_history
 from embedlab.training.loggers import run_loggers
 from embedlab.training.module import EmbeddingModule, NonFiniteLossError, NonFiniteWeightsError
@@ -165,12 +167,14 @@ def fit(
 ) -> RunResult:
     """Train the configured model, evaluate it after every epoch, and write the run folder.
 
-    devices / num_nodes: processes per node and nodes (default: what torchrun started, else one);
-    more than one process trains with DDP on the gloo backend. `train.batch_size` stays the batch of
-    one step over all processes.
+    devices / num_nodes: processes per node and nodes (default: train.devices, else what torchrun
+    started, else one); more than one process trains with DDP (NCCL between GPUs, gloo on the CPU).
+    `train.batch_size` stays the batch of one step over all processes.
     """
     out_dir = Path(out_dir)
-    layout = resolve_layout(devices, num_nodes)
+    layout = resolve_layout(devices if devices is not None else cfg.train.devices, num_nodes)
+    # Before the run folder: a GPU the machine lacks leaves nothing behind.
+    hardware = resolve_hardware(cfg.train, layout.devices)
     main_process = layout.rank == 0
     if main_process:
         resume_from = _prepare_run_dir(out_dir, resume, force)
@@ -193,6 +197,8 @@ def fit(
     embedder = build_embedder(cfg.model, data.channels, data.image_size)
     if cfg.train.channels_last:
         embedder = embedder.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        compile_embedder(embedder, cfg.train.compile_backend)
     objective = build_objective(
         cfg,
         num_classes=data.num_classes,
@@ -203,15 +209,17 @@ def fit(
         embedder, objective, cfg.optimizer, cfg.scheduler, cfg.data.augment, seed=cfg.train.seed
     )
 
+    workers = resolve_num_workers(cfg.data.num_workers, feeds_cuda=hardware.on_cuda)
     # Built before the run's files are written: a batch the data cannot fill leaves the folder empty.
     loader = train_batches(
         data.train,
         cfg.train.batch_size,
         cfg.train.seed,
         cfg.data.m_per_class,
-        cfg.data.num_workers,
+        workers,
         rank=layout.rank,
         world_size=layout.world_size,
+        feeds_cuda=hardware.on_cuda,
     )
 
     history = out_dir / HISTORY_FILE
@@ -241,10 +249,11 @@ def fit(
         cfg.train.metrics,
         cfg.train.eval_batch_size,
         history,
-        cfg.data.num_workers,
+        workers,
         cfg.train.eval_every_n_epochs,
         snapshot_path=out_dir / SNAPSHOT_FILE,
         averaging=averaging,
+        precision=cfg.train.precision,
     )
     best_checkpoint = ModelCheckpoint(
         dirpath=out_dir / CHECKPOINT_DIR,
@@ -269,13 +278,13 @@ def fit(
         progress_callbacks.append(EpochLines(validation, cfg.train.monitor))
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs,
-        accelerator="cpu",
+        accelerator=hardware.lightning_accelerator,
         devices=layout.devices,
         num_nodes=layout.num_nodes,
-        # DDP on the CPU takes the gloo backend; the loader already gives each process its slice.
-        strategy="ddp" if layout.world_size > 1 else "auto",
+        # The loader already gives each process its slice, hence no distributed sampler.
+        strategy=ddp_strategy(hardware) if layout.world_size > 1 else "auto",
         use_distributed_sampler=False,
-        precision=cfg.train.precision,
+        precision=hardware.precision,
         logger=run_loggers(out_dir, cfg.model_dump(mode="json", exclude={"grid"})),
         callbacks=[
             *([averaging] if averaging is not None else []),
@@ -319,6 +328,8 @@ def fit(
             {"path": str(u.path), "reason": u.reason} for u in data.skipped[:SHOWN_SKIPPED]
         ],
         "processes": layout.world_size,
+        "accelerator": hardware.accelerator,
+        "precision": hardware.precision,
         "versions": package_versions(),
     }
     write_json(out_dir / SUMMARY_FILE, summary)

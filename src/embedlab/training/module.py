@@ -87,14 +87,19 @@ class EmbeddingModule(L.LightningModule):
         torch_seed, numpy_seed = np.random.SeedSequence(
             [self.seed, self.global_step, self.global_rank]
         ).generate_state(2)
-        # The CPU generator alone (training runs on the CPU): torch.manual_seed also queues a lazy seeding
+        # The CPU generator, and the CUDA one of this process's device when it trains there (augmentation
+        # and dropout draw on the device of the batch): torch.manual_seed would also queue a lazy seeding
         # of every other device type, each recording a stack trace, about 1 ms per step.
         torch.default_generator.manual_seed(int(torch_seed))
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(int(torch_seed))
         # numpy's global generator too: pytorch-metric-learning's random choices draw from it.
         np.random.seed(int(numpy_seed))
 
     @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # The batch is already on the training device (Lightning moved it), so the augmentation's tensor
+        # ops run there, on uint8 images a quarter the size of their float form.
         images, labels = batch
         if self.has_augmentation:
             images = augment(images, self.augmentation)
