@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check of issue 21, one command of under 8 minutes on one H200-class GPU that installs nothing
-# from the internet. Run benchmarks/device_wheels.sh first where PyPI is reachable, then, on the GPU
-# machine, from the repository root with .whl/ beside it:
+# The GPU check of issue 21: one command of under 8 minutes on one H200-class GPU (each part has its own
+# time limit, 470 s together) that installs nothing from the internet. Run benchmarks/device_wheels.sh
+# first where PyPI is reachable, then, on the GPU machine, from the repository root with .whl/ beside it:
 #     bash benchmarks/device_check.sh 2>&1 | tee device_check.log
+# (`bash benchmarks/device_check.sh --smoke` runs every part tiny on a CPU.)
 # Each part prints its own figures beside its peer's, measured in the same run:
 #   1. training throughput of embedlab's fit against a plain PyTorch AMP loop of the same model;
 #   2. embedding on the GPU against the CPU (throughput, agreement of the vectors);
@@ -27,7 +28,15 @@ part() {
     shift
     timeout "$@" || { echo "(part failed or timed out: rc $?)"; status=1; }
 }
-part "1. training throughput" 200 python3 benchmarks/gpu_training.py
-part "2. embedding" 90 python3 benchmarks/gpu_embedding.py
-part "3. evaluation and search" 230 python3 benchmarks/gpu_evaluation.py
+# --smoke: the same parts, tiny and on the CPU, to check the script itself on a machine without a GPU.
+if [[ "${1:-}" == "--smoke" ]]; then
+    training=(--device cpu --backbone resnet18 --image-size 32 --batch-size 16 --steps 2)
+    embedding=(--device cpu --backbone resnet18 --image-size 32 --images 64 --cpu-images 32 --batch-size 16)
+    evaluation=(--device cpu --n 20000 --classes 200)
+else
+    training=() embedding=() evaluation=()
+fi
+part "1. training throughput" 140 python3 benchmarks/gpu_training.py "${training[@]}"
+part "2. embedding" 60 python3 benchmarks/gpu_embedding.py "${embedding[@]}"
+part "3. evaluation and search" 270 python3 benchmarks/gpu_evaluation.py "${evaluation[@]}"
 exit $status
