@@ -14,10 +14,9 @@ import numpy as np
 import torch
 
 from embedlab.data.images import LabelledImages
-from embedlab.models.devices import inference_autocast
 from embedlab.models.embedder import Embedder
-from embedlab.models.inference import BatchSplitter, embed
-from embedlab.models.tta import TestTimeAugmentation, check_supports, embed_views
+from embedlab.models.inference import BatchSplitter, embed, embedding_forward
+from embedlab.models.tta import TestTimeAugmentation, check_supports
 from embedlab.retrieval.ensemble import combine_members
 
 #: Query images embedded per forward pass when many are searched at once.
@@ -116,12 +115,7 @@ class EmbeddingPipeline:
         parts = []
         for embedder in self.embedders:
             device = next(embedder.parameters()).device
-
-            def forward(batch: torch.Tensor, embedder: Embedder = embedder, device: torch.device = device):
-                with inference_autocast(device, self.precision):
-                    return embedder(batch) if self.tta is None else embed_views(embedder, batch, self.tta)
-
-            split = BatchSplitter(forward, QUERY_BATCH)
+            split = BatchSplitter(embedding_forward(embedder, self.tta, self.precision), QUERY_BATCH)
             chunks = [
                 split(torch.from_numpy(pixels[start : start + QUERY_BATCH]).to(device)).cpu().numpy()
                 for start in range(0, len(pixels), QUERY_BATCH)

@@ -55,6 +55,20 @@ class BatchSplitter:
         return torch.cat(parts)
 
 
+def embedding_forward(
+    embedder: Embedder, tta: TestTimeAugmentation | None, precision: str
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward pass one batch on the embedder's device takes: its views when `tta` is given, under
+    the autocast of the run's `precision`."""
+    device = next(embedder.parameters()).device
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with inference_autocast(device, precision):
+            return embedder(batch) if tta is None else embed_views(embedder, batch, tta)
+
+    return forward
+
+
 def _release_cached_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -80,12 +94,7 @@ def embed(
     was_training = embedder.training
     embedder.eval()
     device = next(embedder.parameters()).device
-
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        with inference_autocast(device, precision):
-            return embedder(batch) if tta is None else embed_views(embedder, batch, tta)
-
-    split = BatchSplitter(forward, batch_size)
+    split = BatchSplitter(embedding_forward(embedder, tta, precision), batch_size)
     chunks: list[np.ndarray] = []
     loader = eval_batches(images, batch_size, num_workers)
     try:
