@@ -198,10 +198,11 @@ def run_embedlab(config: Path, out: Path, overrides: list[str]) -> list[Point]:
     print("  $ " + " ".join(command), flush=True)
     subprocess.run(command, check=True)
     with (out / "metrics.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+        rows = [row for row in csv.DictReader(handle) if row["stage"] == "train"]
     return [
         Point(
-            int(row["epoch"]),
+            # metrics.csv counts epochs trained; this bench numbers both workflows' epochs from 0
+            int(row["epoch"]) - 1,
             float(row["train_seconds"]),
             float(row["images_per_second"]),
             float(row["precision_at_1"]) if row["precision_at_1"] else float("nan"),

@@ -56,6 +56,44 @@ def test_train_prints_a_line_per_epoch_while_it_runs(tmp_path: Path, digits_conf
         assert f"| {name} | {value:.4f} |" in [text for text, _ in lines]
 
 
+def test_train_prints_the_zero_shot_values_and_ends_with_the_below_zero_shot_warning(
+    tmp_path: Path, digits_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from embedlab.cli import app
+    from embedlab.training import callbacks
+
+    score = callbacks.score_validation
+    scored = []
+
+    def perfect_zero_shot(*args, **kwargs):
+        result = score(*args, **kwargs)
+        scored.append(result)
+        # the first scoring is the zero-shot one: made perfect, so that training ends below it
+        return (
+            dataclasses.replace(result, metrics=dict.fromkeys(result.metrics, 1.0))
+            if len(scored) == 1
+            else result
+        )
+
+    monkeypatch.setattr(callbacks, "score_validation", perfect_zero_shot)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["train", str(digits_config), "--out", str(out), "--set", "train.zero_shot=on"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    summary = json.loads((out / "summary.json").read_text())
+    for name, value in summary["metrics"].items():
+        assert f"| {name} | {value:.4f} | 1.0000 |" in lines  # the final value, then the zero-shot one
+    [warning] = summary["warnings"]
+    assert warning.startswith("map_at_r ended at")
+    assert lines[-1] == f"warning: {warning}"  # last, in one line
+
+
 def test_evaluate_tables_keep_every_value_at_80_columns(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     np.save(tmp_path / "q.npy", rng.normal(size=(30, 4)).astype(np.float32))

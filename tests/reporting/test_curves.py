@@ -18,12 +18,18 @@ from embedlab.reporting.runs import RunRecord
 from embedlab.training.fit import RunResult
 
 
-def _run(combination: str, seed: int, rows: list[tuple[float, float, str]]) -> RunRecord:
-    """rows: (train_seconds, train_loss, map_at_r) per epoch; map_at_r is empty when not validated."""
+def _run(
+    combination: str, seed: int, rows: list[tuple[float, float, str]], zero_shot: str | None = None
+) -> RunRecord:
+    """rows: (train_seconds, train_loss, map_at_r) per trained epoch, from epoch 1; map_at_r is empty when
+    not validated. zero_shot: map_at_r of a zero-shot row (epoch 0), if the run has one."""
     history = [
-        {"epoch": str(e), "train_seconds": str(s), "train_loss": str(loss), "map_at_r": m}
-        for e, (s, loss, m) in enumerate(rows)
+        {"epoch": str(e), "stage": "train", "train_seconds": str(s), "train_loss": str(loss), "map_at_r": m}
+        for e, (s, loss, m) in enumerate(rows, start=1)
     ]
+    if zero_shot is not None:
+        first = {"epoch": "0", "stage": "zero_shot", "train_seconds": "0.0", "train_loss": ""}
+        history.insert(0, {**first, "map_at_r": zero_shot})
     return RunRecord(combination, seed, Path("."), {"metrics": {}}, history, ExperimentConfig(), "")
 
 
@@ -59,6 +65,24 @@ def test_the_figure_has_a_row_per_column_and_a_line_per_combination_on_both_axes
     # a combination keeps its colour from panel to panel
     colours = [{line.get_color() for line in a.get_lines()} for a in axes]
     assert colours[0] == colours[3] == {"C0", "C1"}
+
+
+def test_the_zero_shot_row_is_epoch_0_of_the_metric_curves_starred_and_named_in_the_legend() -> None:
+    runs = [_run("a", 0, [(10.0, 2.0, "0.5"), (20.0, 1.0, "0.7")], zero_shot="0.2")]
+    [curve] = aggregate_curves(runs, "map_at_r")
+    assert curve.epoch.tolist() == [0, 1, 2] and curve.mean == pytest.approx([0.2, 0.5, 0.7])
+    assert curve.seconds == pytest.approx([0.0, 10.0, 20.0])  # no training before it
+    [loss] = aggregate_curves(runs, "train_loss")
+    assert loss.epoch.tolist() == [1, 2]  # the zero-shot row has no training loss
+    figure = plot_curves(runs, ["map_at_r"])
+    by_epoch = figure.axes[2]
+    stars = [line for line in by_epoch.get_lines() if line.get_marker() == "*"]
+    assert [(tuple(s.get_xdata()), tuple(s.get_ydata())) for s in stars] == [((0,), (0.2,))]
+    assert "0: zero-shot" in by_epoch.get_xlabel()
+    assert [t.get_text() for t in figure.legends[0].get_texts()][-1].startswith("epoch 0 (star): zero-shot")
+    # without a zero-shot row, no star and no legend entry
+    plain = plot_curves(RUNS, ["map_at_r"])
+    assert not any(line.get_marker() == "*" for axes in plain.axes for line in axes.get_lines())
 
 
 def test_one_epoch_is_drawn_as_a_point_with_its_seed_range() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
+import json
 import re
 import shutil
 import statistics
@@ -138,14 +140,76 @@ def test_the_report_opens_offline_in_chromium_without_errors_or_broken_images(
         assert image.size[0] == 1280 and image.size[1] > 2000  # no sideways overflow; the whole page
 
 
-def test_the_best_epoch_is_counted_from_1_as_the_progress_lines_count(report, tiny_comparison) -> None:
+def test_the_best_epoch_is_counted_from_1_as_metrics_csv_counts(report, tiny_comparison) -> None:
     page = report.read_text()
     for run in load_runs(tiny_comparison):
         folder = html.escape(f"runs/{run.run_dir.parent.name}/seed-{run.seed}")
         row = page.split(f'<td class="name">{folder}</td>')[1].split("</tr>")[0]
         epochs, best = re.findall(r"<td>([^<]*)</td>", row)[:2]
-        # summary.json counts from 0, like metrics.csv; two epochs read "1" or "2", never "0".
-        assert (epochs, best) == ("2", str(run.summary["best_epoch"] + 1))
+        # summary.json counts epochs trained, like metrics.csv; two epochs read "1" or "2", never "0".
+        assert (epochs, best) == ("2", str(run.summary["best_epoch"]))
+        assert best in ("1", "2")
+
+
+def test_a_run_below_its_zero_shot_score_shows_both_values_and_the_warning(tmp_path, monkeypatch) -> None:
+    import dataclasses
+
+    from embedlab.config import load_config
+    from embedlab.training import callbacks
+    from embedlab.training.fit import fit
+
+    from .conftest import TINY
+
+    score = callbacks.score_validation
+    scored = []
+
+    def perfect_zero_shot(*args, **kwargs):
+        result = score(*args, **kwargs)
+        scored.append(result)
+        return (
+            dataclasses.replace(result, metrics=dict.fromkeys(result.metrics, 1.0))
+            if len(scored) == 1
+            else result
+        )
+
+    monkeypatch.setattr(callbacks, "score_validation", perfect_zero_shot)
+    cfg, _ = load_config(None, [*TINY, "train.zero_shot=on"])
+    summary = fit(cfg, tmp_path / "run", progress=False).summary
+    page = build_report(tmp_path / "run", ReportOptions(map_method="pca", grids=False)).read_text()
+    [warning] = summary["warnings"]
+    warnings = page.split('<section id="warnings"')[1].split("</section>")[0]
+    assert html.escape(warning) in warnings and "run · seed 0" in warnings
+    runs = _table(page, "runs")
+    assert "<th>zero-shot map_at_r</th><th>final map_at_r</th><th>change</th>" in runs
+    final = summary["metrics"]["map_at_r"]
+    assert f"<td>1.0000</td><td{BELOW}>{final:.4f}</td><td{BELOW}>{final - 1:+.4f}</td>" in runs
+    assert "epoch 0 (a star)" in page
+
+
+BELOW = ' class="below" title="below its zero-shot value"'
+
+
+def test_runs_from_before_the_zero_shot_row_report_their_epochs_from_1(tiny_comparison, tmp_path) -> None:
+    [finished] = list((tiny_comparison / "runs").glob("*MultiSimilarity*/seed-1"))
+    run_dir = shutil.copytree(finished, tmp_path / "run")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    best = summary["best_epoch"]
+    # as such a run wrote them: no zero-shot keys, best_epoch and metrics.csv's epochs counted from 0
+    old = {k: v for k, v in summary.items() if k not in ("zero_shot_metrics", "warnings")}
+    (run_dir / "summary.json").write_text(json.dumps({**old, "best_epoch": best - 1}))
+    with (run_dir / "metrics.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    with (run_dir / "metrics.csv").open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, [k for k in rows[0] if k != "stage"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**{k: v for k, v in r.items() if k != "stage"}, "epoch": int(r["epoch"]) - 1})
+    page = build_report(run_dir, ReportOptions(map_method="pca", grids=False)).read_text()
+    row = page.split('<section id="runs">')[1].split("</tr>")[1]
+    assert re.findall(r"<td>([^<]*)</td>", row)[1:3] == ["2", str(best)]
+    [run] = load_runs(run_dir)
+    assert [r["epoch"] for r in run.history] == ["1", "2"]  # read in today's numbering
+    assert '<section id="warnings"' not in page and "zero-shot map_at_r" not in page
 
 
 def test_a_report_imports_lightning_never_and_torch_only_to_draw_grids(tiny_comparison, tmp_path) -> None:

@@ -91,4 +91,4 @@ def test_a_resumed_run_continues_both_the_average_and_the_raw_weights(tmp_path) 
         for name, tensor in whole[kind].items():
             assert torch.allclose(resumed[kind][name].float(), tensor.float(), atol=1e-6), (kind, name)
     with (tmp_path / "resumed" / "metrics.csv").open() as stream:
-        assert [row["epoch"] for row in csv.DictReader(stream)] == ["0", "1"]
+        assert [row["epoch"] for row in csv.DictReader(stream)] == ["1", "2"]

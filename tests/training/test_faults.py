@@ -247,7 +247,8 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
         fit(cfg, tmp_path / "run", progress=False)
     message = str(raised.value)
     assert "loss is nan at epoch 1, step 8 (batch 2 of the epoch)" in message
-    assert "last.ckpt (after epoch 0) is the last good checkpoint" in message and "--resume" in message
+    assert "last.ckpt (after 1 completed epoch) is the last good checkpoint" in message
+    assert "--resume" in message
     checkpoints = tmp_path / "run" / "checkpoints"
     for name in ("last.ckpt", "best.ckpt"):
         checkpoint = torch.load(checkpoints / name, weights_only=True)

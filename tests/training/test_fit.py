@@ -47,11 +47,14 @@ def test_run_folder_holds_config_history_summary_and_checkpoints(digits_run) -> 
     assert not list(run_dir.rglob("*.tmp"))
     with (run_dir / "metrics.csv").open() as stream:
         rows = list(csv.DictReader(stream))
-    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    # epochs trained, from 1; a run from scratch has no zero-shot row (train.zero_shot: auto)
+    assert [(int(r["epoch"]), r["stage"]) for r in rows] == [(1, "train"), (2, "train")]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["metrics"]["precision_at_1"] == pytest.approx(float(rows[-1]["precision_at_1"]))
     assert summary["images_per_second"] > 0 and summary["train_seconds"] > 0
     assert summary["num_classes"] == 10
+    assert summary["best_epoch"] in (1, 2)
+    assert (summary["zero_shot_metrics"], summary["warnings"]) == (None, [])
 
 
 def test_checkpoint_loads_with_weights_only_and_rebuilds_the_embedder(digits_run) -> None:
@@ -76,7 +79,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path) -> None:
     resumed = fit(longer, out, resume=True, progress=False)
     with (out / "metrics.csv").open() as stream:
         epochs = [int(r["epoch"]) for r in csv.DictReader(stream)]
-    assert epochs == [0, 1]
+    assert epochs == [1, 2]
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
     assert resumed.summary["epochs"] == 2
 
@@ -115,7 +118,7 @@ def test_validation_every_n_epochs_and_always_after_the_last(tmp_path) -> None:
         rows = list(csv.DictReader(stream))
     assert [r["precision_at_1"] != "" for r in rows] == [False, True, True]
     assert float(rows[0]["train_seconds"]) > 0
-    assert result.summary["best_epoch"] in (1, 2)
+    assert result.summary["best_epoch"] in (2, 3)  # the validated epochs
     assert result.metrics["precision_at_1"] == pytest.approx(float(rows[2]["precision_at_1"]))
 
 
@@ -147,7 +150,8 @@ def test_last_checkpoint_is_written_on_epochs_without_validation(tmp_path, monke
         None, [*DIGITS, "train.epochs=3", "train.max_steps_per_epoch=2", "train.eval_every_n_epochs=3"]
     )
     fit(cfg, tmp_path / "run", progress=False)
-    assert seen == [0, 1]  # resumable from each epoch, though only the last was validated
+    # resumable from each epoch, though only the last was validated (Lightning's epochs, from 0)
+    assert seen == [0, 1]
 
 
 def test_channels_last_trains_in_that_format_and_reloads_like_any_run(tmp_path) -> None:

@@ -44,6 +44,8 @@ SETTINGS = [
     "optimizer.lr=0.003",
     "loss={name: MultiSimilarityLoss}",
     "miner={name: MultiSimilarityMiner, epsilon: 0.1}",
+    # the zero-shot row (epoch 0) is embedded in slices and gathered like every epoch's validation
+    "train.zero_shot=true",
 ]
 TOLERANCE = 1e-4
 
@@ -71,10 +73,14 @@ def test_two_processes_train_and_validate_as_one(tmp_path: Path) -> None:
 
     assert json.loads((two / "summary.json").read_text())["processes"] == 2
     rows_two, rows_one = _history(two), _history(one.run_dir)
-    assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one] == ["20", "40"]
+    assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one] == ["0", "20", "40"]
+    assert [r["stage"] for r in rows_two] == ["zero_shot", "train", "train"]
     for row_two, row_one in zip(rows_two, rows_one, strict=True):
         assert row_two["n_queries"] == row_one["n_queries"]
-        for name in ["train_loss", *cfg.train.metrics]:
+        training_row = row_two["stage"] == "train"
+        if not training_row:
+            assert row_two["train_loss"] == row_one["train_loss"] == ""
+        for name in [*(["train_loss"] if training_row else []), *cfg.train.metrics]:
             assert float(row_two[name]) == pytest.approx(float(row_one[name]), abs=TOLERANCE), name
 
     # The validation embeddings the two processes gathered are the final model's embeddings of every

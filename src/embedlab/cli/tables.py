@@ -38,11 +38,17 @@ def print_table(table: Table) -> None:
         console.print(markdown_table(table), markup=False, highlight=False, soft_wrap=True)
 
 
-def print_metrics(metrics: dict[str, float], title: str) -> None:
-    """A two-column table of metric names and values (4 decimals)."""
+def print_metrics(metrics: dict[str, float], title: str, zero_shot: dict[str, float] | None = None) -> None:
+    """A two-column table of metric names and values (4 decimals); with `zero_shot`, a third column of
+    the values before training (`-` for a metric it lacks)."""
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
+    if zero_shot is not None:
+        table.add_column("zero-shot", justify="right")
     for name, value in metrics.items():
-        table.add_row(name, f"{value:.4f}")
+        cells = [name, f"{value:.4f}"]
+        if zero_shot is not None:
+            cells.append(f"{zero_shot[name]:.4f}" if name in zero_shot else "-")
+        table.add_row(*cells)
     print_table(table)

@@ -82,12 +82,19 @@ def train(
             f"{', ...' if skipped > 5 else ''}; see summary.json",
             highlight=False,
         )
-    print_metrics(result.metrics, f"{result.run_dir}: final validation metrics")
+    print_metrics(
+        result.metrics,
+        f"{result.run_dir}: final validation metrics",
+        zero_shot=result.summary.get("zero_shot_metrics"),
+    )
     console.print(
         f"trained in {result.summary['train_seconds']:.1f} s "
         f"({result.summary['images_per_second']:.0f} images/s); run folder: {result.run_dir}"
     )
     console.print(f"curves: {write_run_curves(result.run_dir)}")
+    # Last, where they are read: a run that ended below its zero-shot score, say.
+    for warning in result.summary.get("warnings", []):
+        console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
 
 
 def compare(

@@ -274,6 +274,18 @@ class TrainConfig(Section):
         description="validation metrics (names from METRICS.md)",
     )
     monitor: str = Field("map_at_r", description="the metric that picks the best checkpoint")
+    zero_shot: bool | Literal["auto"] = Field(
+        "auto",
+        description="before the first epoch, score the backbone's pooled features (no neck) on the "
+        "validation split as metrics.csv's epoch 0, the baseline fine-tuning must beat; auto: when the "
+        "backbone starts from weights (model.pretrained or model.weights_path)",
+    )
+
+    def zero_shot_enabled(self, model: ModelConfig) -> bool:
+        """Whether `zero_shot` asks for the zero-shot row with this model (auto: pretrained weights)."""
+        if self.zero_shot == "auto":
+            return model.pretrained or model.weights_path is not None
+        return self.zero_shot
 
     @field_validator("metrics")
     @classmethod

@@ -4,6 +4,10 @@ One line per combination: the mean over its seeds, with a band from the lowest t
 (with 2 to 5 seeds a range says more than a standard deviation). Time is the cumulative training time
 of metrics.csv (evaluation excluded), averaged over the seeds at each epoch, so "which converges
 faster" is read against the compute each combination spent.
+
+Epoch 0, where the runs have it, is the zero-shot row (metrics.csv, training/history.py): the
+backbone's pooled features before any training, at 0 training seconds. It is drawn as a star, so that
+where fine-tuning started from is read off every metric panel.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import numpy as np
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from embedlab.reporting.runs import RunRecord, leaderboard_metrics, load_runs
+from embedlab.training.history import ZERO_SHOT_STAGE
 
 LOSS_COLUMN = "train_loss"
 CURVES_FILE = "curves.png"
@@ -29,8 +35,9 @@ CURVES_FILE = "curves.png"
 class Curve:
     """One combination's curve of one column: arrays of shape (E,) over the epochs any seed recorded.
 
-    epoch: epochs trained (1 = after the first). seconds: mean cumulative training seconds at that
-    epoch. mean / low / high: mean, minimum and maximum over the seeds that recorded a value.
+    epoch: epochs trained (1 = after the first; 0 = the zero-shot row, before training). seconds: mean
+    cumulative training seconds at that epoch. mean / low / high: mean, minimum and maximum over the
+    seeds that recorded a value.
     """
 
     combination: str
@@ -60,7 +67,7 @@ def aggregate_curves(runs: Sequence[RunRecord], column: str) -> list[Curve]:
             for row in run.history:
                 value = _value(row.get(column))
                 if not math.isnan(value):
-                    points.setdefault(int(row["epoch"]) + 1, []).append((_value(row["train_seconds"]), value))
+                    points.setdefault(int(row["epoch"]), []).append((_value(row["train_seconds"]), value))
         epochs = sorted(points)
         if not epochs:
             continue
@@ -80,8 +87,16 @@ def aggregate_curves(runs: Sequence[RunRecord], column: str) -> list[Curve]:
     return curves
 
 
+#: How the zero-shot point (epoch 0) is marked, on the panels and in the legend.
+ZERO_SHOT_MARKER = {"marker": "*", "markersize": 11, "linestyle": "none"}
+ZERO_SHOT_LABEL = "epoch 0 (star): zero-shot, the backbone's pooled features before training"
+
+
 def _draw(axes: Axes, x: np.ndarray, curve: Curve, colour: str) -> Artist:
-    """The mean line and its band; a single epoch has no line, so its range is an error bar."""
+    """The mean line and its band; a single epoch has no line, so its range is an error bar. A
+    zero-shot point (epoch 0) is starred."""
+    if curve.epoch[0] == 0:
+        axes.plot(x[:1], curve.mean[:1], color=colour, **ZERO_SHOT_MARKER)
     if x.size == 1:
         below, above = curve.mean - curve.low, curve.high - curve.mean
         return axes.errorbar(x, curve.mean, yerr=[below, above], fmt="o", color=colour, capsize=4)
@@ -95,7 +110,8 @@ def plot_curves(runs: Sequence[RunRecord], metrics: Sequence[str]) -> Figure:
     combinations = list(dict.fromkeys(run.combination for run in runs))
     # A fixed layout in inches: constrained layout measured every label of every panel and took most
     # of a report's time. The legend band on top grows with the number of combinations.
-    legend, panel, bottom = 0.6 + 0.2 * len(combinations), 2.7, 0.55
+    zero_shot = any(row.get("stage") == ZERO_SHOT_STAGE for run in runs for row in run.history)
+    legend, panel, bottom = 0.6 + 0.2 * (len(combinations) + zero_shot), 2.7, 0.55
     height = legend + panel * len(columns) + bottom
     figure = Figure(figsize=(11, height))
     figure.subplots_adjust(
@@ -120,16 +136,22 @@ def plot_curves(runs: Sequence[RunRecord], metrics: Sequence[str]) -> Figure:
             label = f"{column} (log scale)"
         by_epoch.set_title(f"{label} by epoch", fontsize=10)
         by_time.set_title(f"{label} by training time", fontsize=10)
-        by_epoch.set_xlabel("epochs trained")
+        starred = zero_shot and column != LOSS_COLUMN  # the zero-shot row has no training loss
+        by_epoch.set_xlabel("epochs trained" + (" (0: zero-shot, before training)" if starred else ""))
         by_time.set_xlabel("training seconds (cumulative, evaluation excluded)")
         for axes in (by_epoch, by_time):
             axes.grid(alpha=0.3)
             axes.tick_params(labelsize=8)
         by_epoch.xaxis.get_major_locator().set_params(integer=True)
     seeds = sorted({sum(1 for r in runs if r.combination == c) for c in handles})
+    labels = [textwrap.shorten(name, 110) for name in handles]
+    artists = list(handles.values())
+    if zero_shot:
+        artists.append(Line2D([], [], color="grey", **ZERO_SHOT_MARKER))
+        labels.append(ZERO_SHOT_LABEL)
     figure.legend(
-        list(handles.values()),
-        [textwrap.shorten(name, 110) for name in handles],
+        artists,
+        labels,
         loc="upper center",
         ncols=1,
         fontsize=9,

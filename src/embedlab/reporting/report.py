@@ -1,10 +1,12 @@
 """The HTML report of a comparison (or of one run): one self-contained file that opens offline.
 
-Sections: the leaderboard (mean ± standard deviation over seeds, the best value of each column marked,
+Sections: the runs' warnings, when any has one (a run that ended below its zero-shot score, say); the
+leaderboard (mean ± standard deviation over seeds, the best value of each column marked,
 training time and throughput); paired comparisons over seeds (seed wins, sign and Wilcoxon tests, see
-statistics.py); training curves (curves.py); per combination, retrieval grids (grids.py) and a map of
-the query embeddings (embedding_map.py), both from the runs' retrieval snapshots; every run's resolved
-config and the software versions. Images are PNGs embedded as base64 and the page has no script, so
+statistics.py); training curves (curves.py, from the zero-shot epoch 0 where the runs have one); per
+combination, retrieval grids (grids.py) and a map of the query embeddings (embedding_map.py), both from
+the runs' retrieval snapshots; every run, with its zero-shot and final value of the ranking metric, its
+resolved config and the software versions. Images are PNGs embedded as base64 and the page has no script, so
 the file can be mailed or archived on its own.
 """
 
@@ -92,11 +94,12 @@ def render_report(runs: Sequence[RunRecord], folder: Path, options: ReportOption
     body = "\n".join(
         [
             f"<header><h1>embedlab report: {_e(title)}</h1><p>{_e(subtitle)}</p>{_NAV}</header>",
+            _warnings_section(runs),
             _leaderboard_section(rows, metrics),
             _pairs_section(runs, rows, ranking, options.alpha),
             _curves_section(runs, metrics),
             _retrieval_section(runs, rows, options),
-            _runs_section(runs, folder, options),
+            _runs_section(runs, folder, options, ranking),
         ]
     )
     return (
@@ -149,6 +152,18 @@ def _table(head: Sequence[str], rows: Sequence[str], numbers: bool = True) -> st
 # ------------------------------------------------------------------------------------------ sections
 
 
+def _warnings_section(runs: Sequence[RunRecord]) -> str:
+    """The warnings the runs' summaries carry, each naming its run; nothing when there are none."""
+    items = [
+        f"<li><b>{_e(run.combination)} · seed {run.seed}</b>: {_e(warning)}</li>"
+        for run in runs
+        for warning in run.summary.get("warnings", [])
+    ]
+    if not items:
+        return ""
+    return f'<section id="warnings" class="warnings"><h2>Warnings</h2><ul>{"".join(items)}</ul></section>'
+
+
 def _leaderboard_section(rows: Sequence[LeaderboardRow], metrics: Sequence[str]) -> str:
     columns = [*metrics, *COST_COLUMNS]
     best = {}
@@ -176,7 +191,8 @@ def _leaderboard_section(rows: Sequence[LeaderboardRow], metrics: Sequence[str])
             "Mean ± sample standard deviation over seeds, of the final epoch's validation metrics. "
             "Marked: the best mean of each column (the lowest training time). train_seconds counts "
             "training only (evaluation excluded); images_per_second is training throughput. A higher "
-            "mean is not yet a ranking: see the paired comparisons below."
+            "mean is not yet a ranking: see the paired comparisons below. Runs scored zero-shot (their "
+            "backbone's pooled features before training) show that value beside their own under Runs."
         )
         + "</section>"
     )
@@ -230,7 +246,9 @@ def _curves_section(runs: Sequence[RunRecord], metrics: Sequence[str]) -> str:
         + _img(figure, "training loss and validation metrics by epoch and by training time")
         + _note(
             "Validation metrics after each validated epoch, by epochs trained (left) and by cumulative "
-            "training seconds (right). Lines: mean over seeds; bands and bars: lowest to highest seed. "
+            "training seconds (right); epoch 0 (a star), where a run has it, is its zero-shot score: the "
+            "backbone's pooled features before training. Lines: mean over seeds; bands and bars: lowest "
+            "to highest seed. "
             "Training losses of different loss functions are on different scales: compare their shapes."
         )
         + "</section>"
@@ -309,13 +327,34 @@ def _run_data(
 
 
 def _best_epoch(summary: dict) -> str:
-    """The best epoch counted from 1, as the progress lines count (summary.json counts from 0)."""
+    """The best epoch, counted from 1 like metrics.csv and the progress lines. Summaries written before
+    the zero-shot row existed (they have no `zero_shot_metrics`) counted from 0."""
     best = summary.get("best_epoch")
-    return "-" if best is None else str(int(best) + 1)
+    if best is None:
+        return "-"
+    return str(int(best) + (0 if "zero_shot_metrics" in summary else 1))
 
 
-def _runs_section(runs: Sequence[RunRecord], folder: Path, options: ReportOptions) -> str:
-    head = ("combination", "seed", "folder", "epochs", "best epoch", "train s", "wall s", "images/s")
+def _zero_shot_cells(summary: dict, metric: str) -> list[str]:
+    """The run's zero-shot and final value of `metric` and the change (`-` without a zero-shot row)."""
+    final = float(summary["metrics"][metric])
+    zero_shot = (summary.get("zero_shot_metrics") or {}).get(metric)
+    if zero_shot is None:
+        return ["<td>-</td>", f"<td>{final:.4f}</td>", "<td>-</td>"]
+    below = ' class="below" title="below its zero-shot value"' if final < zero_shot else ""
+    return [
+        f"<td>{float(zero_shot):.4f}</td>",
+        f"<td{below}>{final:.4f}</td>",
+        f"<td{below}>{final - float(zero_shot):+.4f}</td>",
+    ]
+
+
+def _runs_section(runs: Sequence[RunRecord], folder: Path, options: ReportOptions, metric: str) -> str:
+    zero_shot = any(run.summary.get("zero_shot_metrics") for run in runs)
+    head = ["combination", "seed", "folder", "epochs", "best epoch"]
+    if zero_shot:
+        head += [f"zero-shot {metric}", f"final {metric}", "change"]
+    head += ["train s", "wall s", "images/s"]
     lines = []
     for run in runs:
         s = run.summary
@@ -325,6 +364,7 @@ def _runs_section(runs: Sequence[RunRecord], folder: Path, options: ReportOption
             f'<td class="name">{_e(_relative(run.run_dir, folder))}</td>',
             f"<td>{s['epochs']}</td>",
             f"<td>{_best_epoch(s)}</td>",
+            *(_zero_shot_cells(s, metric) if zero_shot else []),
             f"<td>{float(s['train_seconds']):.1f}</td>",
             f"<td>{float(s['wall_seconds']):.1f}</td>",
             f"<td>{float(s['images_per_second']):.1f}</td>",
@@ -335,9 +375,19 @@ def _runs_section(runs: Sequence[RunRecord], folder: Path, options: ReportOption
         f"<pre>{_e(run.config_text)}</pre></details>"
         for run in runs
     )
+    note = (
+        _note(
+            f"Zero-shot {metric}: the run's backbone's pooled features (no neck), scored on the same "
+            "validation split before the first epoch (metrics.csv's epoch 0); change: final minus "
+            "zero-shot, what fine-tuning added. Marked: a final value below the zero-shot one."
+        )
+        if zero_shot
+        else ""
+    )
     return (
         '<section id="runs"><h2>Runs, configs and versions</h2>'
         + _table(head, lines)
+        + note
         + f"<h3>Resolved configs</h3>{configs}"
         f"<h3>Software versions</h3>{_versions_table(runs, options)}"
         "</section>"
@@ -399,6 +449,8 @@ table.numbers { font-size: 13px; }
 table.numbers td { text-align: right; font-variant-numeric: tabular-nums; }
 table.numbers td.name { text-align: left; }
 td.best { font-weight: 700; background: #e3f4e8; color: #0f5c2a; }
+td.below { font-weight: 700; background: #fbe9e7; color: #8a1c0c; }
+section.warnings { border-color: #e0a39a; background: #fff6f4; }
 .note { color: #5b6270; font-size: 13px; max-width: 980px; }
 img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
 .visuals { display: flex; flex-wrap: wrap; gap: 8px 24px; align-items: flex-start; }

@@ -27,12 +27,13 @@ from embedlab.data.loaders import resolve_num_workers, train_batches
 from embedlab.data.splits import DataSplits, prepare_data
 from embedlab.models.embedder import build_embedder
 from embedlab.models.weights import load_torch_file
+from embedlab.models.zero_shot import zero_shot_embedder
 from embedlab.training.averaging import ExponentialMovingAverage
 from embedlab.training.callbacks import RetrievalValidation
 from embedlab.training.checkpoint_io import AtomicCheckpointIO
 from embedlab.training.distributed import resolve_layout
 from embedlab.training.hardware import compile_embedder, ddp_strategy, resolve_hardware
-from embedlab.training.history import read_history, truncate_history
+from embedlab.training.history import read_history, training_rows, truncate_history
 from embedlab.training.loggers import run_loggers
 from embedlab.training.module import EmbeddingModule, NonFiniteLossError, NonFiniteWeightsError
 from embedlab.training.objective import build_objective
@@ -51,6 +52,7 @@ from embedlab.training.run_dir import (
     write_json,
 )
 from embedlab.training.validation import check_validation_has_positives, summarize_validation
+from embedlab.training.zero_shot import history_summary
 from embedlab.versions import package_versions
 
 #: Files left out as unreadable (data.skip_unreadable) that summary.json names; all are counted.
@@ -138,10 +140,11 @@ def _last_good_checkpoint(out_dir: Path) -> str:
     last = out_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     if not last.is_file():
         return "No checkpoint had been written yet; fix the cause (a lower optimizer.lr, say) and start again"
-    epoch = int(load_torch_file(last)["epoch"])
+    # Lightning records the 0-based index of the epoch the checkpoint ended
+    completed = int(load_torch_file(last)["epoch"]) + 1
     return (
-        f"{last} (after epoch {epoch}) is the last good checkpoint and was kept; fix the cause (a lower "
-        "optimizer.lr, say) and continue with --resume"
+        f"{last} (after {completed} completed epoch{'s' if completed != 1 else ''}) is the last good "
+        "checkpoint and was kept; fix the cause (a lower optimizer.lr, say) and continue with --resume"
     )
 
 
@@ -165,7 +168,8 @@ def fit(
     devices: int | None = None,
     num_nodes: int | None = None,
 ) -> RunResult:
-    """Train the configured model, evaluate it after every epoch, and write the run folder.
+    """Train the configured model, evaluate it after every epoch (and, with train.zero_shot, its
+    backbone's pooled features before the first: metrics.csv's epoch 0), and write the run folder.
 
     devices / num_nodes: processes per node and nodes (default: train.devices, else what torchrun
     started, else one); more than one process trains with DDP (NCCL between GPUs, gloo on the CPU).
@@ -235,6 +239,7 @@ def fit(
             },
         )
         if resumed_epoch is not None:
+            # last.ckpt ended Lightning's epoch `resumed_epoch`: metrics.csv's epoch resumed_epoch + 1
             truncate_history(history, resumed_epoch + 1)
 
     if resumed_epoch is not None:
@@ -254,6 +259,12 @@ def fit(
         snapshot_path=out_dir / SNAPSHOT_FILE,
         averaging=averaging,
         precision=cfg.train.precision,
+        # before the first epoch only: a resumed run keeps the zero-shot row it wrote then
+        zero_shot=(
+            zero_shot_embedder(embedder)
+            if resumed_epoch is None and cfg.train.zero_shot_enabled(cfg.model)
+            else None
+        ),
     )
     best_checkpoint = ModelCheckpoint(
         dirpath=out_dir / CHECKPOINT_DIR,
@@ -308,13 +319,11 @@ def fit(
         return RunResult(run_dir=out_dir, summary={}, main_process=False)
 
     rows = read_history(history)
-    last = rows[-1] if rows else {}
-    scored = [r for r in rows if r[cfg.train.monitor] != ""]
-    best_row = max(scored, key=lambda r: float(r[cfg.train.monitor])) if scored else {}
+    trained = training_rows(rows)
+    last = trained[-1] if trained else {}
     summary = {
-        "metrics": {name: float(last[name]) for name in cfg.train.metrics if name in last},
-        "best_epoch": int(best_row["epoch"]) if best_row else None,
-        "best_metrics": {name: float(best_row[name]) for name in cfg.train.metrics if name in best_row},
+        # metrics, best_epoch, best_metrics, zero_shot_metrics, warnings
+        **history_summary(rows, cfg.train.metrics, cfg.train.monitor),
         "epochs": cfg.train.epochs,
         "n_queries": int(last["n_queries"]) if last else None,
         "n_queries_without_positives": int(last["n_queries_without_positives"]) if last else None,

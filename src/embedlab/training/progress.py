@@ -5,7 +5,8 @@ file, a job scheduler, CI) a bar cannot be drawn, so `EpochLines` prints one flu
 
     epoch 1/3  loss 1.2345  map_at_r 0.6234  elapsed 0:12  eta 0:24
 
-metrics.csv and summary.json keep Lightning's epoch numbers, counted from 0.
+metrics.csv and summary.json count the same way: epoch N is the row after N epochs (epoch 0 is the
+zero-shot row, scored before training; history.py). Only Lightning's own `current_epoch` counts from 0.
 """
 
 from __future__ import annotations

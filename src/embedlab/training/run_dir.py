@@ -4,8 +4,10 @@ RUN_DIR/
   config.yaml          the resolved config
   split.json           which classes and how many images went where
   model.json           input channels and size, embedding size (to rebuild the embedder)
-  metrics.csv          one row per epoch: loss, validation metrics, times, throughput
-  summary.json         the final metrics under their METRICS.md names, times, versions
+  metrics.csv          one row per epoch trained (epoch 1, 2, ...): loss, validation metrics, times,
+                       throughput; epoch 0 is the zero-shot row when the run has one (history.py)
+  summary.json         the final metrics under their METRICS.md names, the zero-shot ones, warnings,
+                       times, versions
   retrieval.npz        the last epoch's query embeddings and top-k neighbours, for reports (snapshot.py)
   checkpoints/best.ckpt, checkpoints/last.ckpt   written atomically
   logs/                TensorBoard, CSV and (when installed) MLflow logs (loggers.py)

@@ -12,7 +12,7 @@ validation callback keeps what they need after the last epoch, in RUN_DIR/retrie
   neighbour_labels       (Nq, k) int64
   neighbour_similarity   (Nq, k) float32 cosine similarity; -inf where none is left
   gallery_is_query       ()  bool        the query set was searched in itself (no separate gallery)
-  epoch                  ()  int64       the epoch whose model made the snapshot
+  epoch                  ()  int64       epochs trained by the model that made it (metrics.csv's epoch)
 
 The neighbours follow the validation protocol of `score_validation`: a query never sees itself, nor an
 item of its ignore group, and a CSV's `is_query` / `is_gallery` roles pick who searches and who is found.
