@@ -66,7 +66,7 @@ def test_founding_config_is_the_founding_workflow() -> None:
     assert (founding.optimizer.name, founding.optimizer.lr, founding.train.epochs) == ("adam", 1e-3, 10)
     assert [loss.name for loss in founding.losses()] == ["CircleLoss"]
     assert founding.losses()[0].kwargs() == {"m": 0.4, "gamma": 80}
-    assert not (founding.data.augment.flip or founding.data.augment.crop_padding)
+    assert founding.data.augment == []
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
+import pytest
 import torch
-from pytorch_metric_learning.losses import ArcFaceLoss, TripletMarginLoss
+from pytorch_metric_learning.losses import ArcFaceLoss, CrossBatchMemory, TripletMarginLoss
 
 from embedlab.config import parse_config
 from embedlab.losses.combined import WeightedLossSum
@@ -55,3 +56,32 @@ def test_weighted_list_sums_terms_and_keeps_each_terms_learning_rate() -> None:
 def test_top_level_miner_feeds_every_loss() -> None:
     objective = _objective({"name": "ContrastiveLoss"}, {"name": "MultiSimilarityMiner", "epsilon": 0.1})
     assert isinstance(objective.loss, MinedLoss)
+
+
+def test_memory_size_scores_a_pair_loss_against_the_past_batches_too() -> None:
+    objective = _objective({"name": "ContrastiveLoss", "memory_size": 32})
+    plain = _objective({"name": "ContrastiveLoss"}).loss
+    assert isinstance(objective.loss, CrossBatchMemory) and objective.loss.memory_size == 32
+    generator = torch.Generator().manual_seed(0)
+    first, second = (
+        torch.nn.functional.normalize(torch.randn(8, 8, generator=generator), dim=1) for _ in "ab"
+    )
+    labels = torch.arange(8) % 4
+    assert torch.allclose(objective.loss(first, labels), plain(first, labels))
+    # the second batch also meets the first one's embeddings, now in the memory
+    remembered = objective.loss(second, labels)
+    assert not torch.allclose(remembered, plain(second, labels))
+    assert objective.loss.queue_idx == 16 and torch.equal(objective.loss.embedding_memory[:8], first)
+    assert torch.isfinite(remembered)
+
+
+def test_memory_size_with_a_miner_mines_against_the_memory() -> None:
+    objective = _objective(
+        {"name": "TripletMarginLoss", "memory_size": 16, "miner": {"name": "MultiSimilarityMiner"}}
+    )
+    assert isinstance(objective.loss, CrossBatchMemory) and objective.loss.miner is not None
+
+
+def test_memory_size_on_a_margin_head_is_refused() -> None:
+    with pytest.raises(ValueError, match="memory_size wraps a pair loss"):
+        _objective({"name": "ArcFaceLoss", "memory_size": 64})

@@ -20,7 +20,7 @@ from embedlab.config.loading import (
 )
 from embedlab.config.reference import reference_markdown
 from embedlab.config.schema import (
-    AugmentConfig,
+    AugmentBlock,
     DataConfig,
     DOLGConfig,
     ExperimentConfig,
@@ -36,7 +36,7 @@ from embedlab.config.schema import (
 )
 
 __all__ = [
-    "AugmentConfig",
+    "AugmentBlock",
     "ConfigError",
     "DOLGConfig",
     "DataConfig",

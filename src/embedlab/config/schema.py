@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from embedlab.metric_names import DEFAULT_METRICS, parse_metric, parse_metrics
 
@@ -31,11 +38,38 @@ class ValidationSplitConfig(Section):
     seed: int = Field(0, description="seed of the split, independent of train.seed")
 
 
-class AugmentConfig(Section):
-    """Augmentations applied on batches of tensors during training."""
+class AugmentBlock(BaseModel):
+    """A torchvision.transforms.v2 transform by class name, its keyword arguments beside `name`
+    (`{name: RandomResizedCrop, scale: [0.6, 1.0]}`); checked against the class when the config is read."""
 
-    flip: bool = Field(False, description="random horizontal flip")
-    crop_padding: int = Field(0, ge=0, description="pad by this many pixels, then crop back at random")
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def label(self) -> str:
+        return _call_label(self.name, self.kwargs())
+
+
+def _legacy_augment_blocks(value: Any) -> Any:
+    """The blocks that the old `augment: {flip: ..., crop_padding: ...}` settings meant (run folders and
+    configs written before augmentation by name keep working)."""
+    if not isinstance(value, Mapping):
+        return value
+    unknown = sorted(set(value) - {"flip", "crop_padding"})
+    if unknown:
+        raise ValueError(
+            f"data.augment is a list of torchvision.transforms.v2 blocks, e.g. "
+            f"[{{name: RandomHorizontalFlip}}, {{name: RandomResizedCrop, scale: [0.6, 1.0]}}]; the "
+            f"mapping form takes only flip and crop_padding, not {', '.join(map(repr, unknown))}"
+        )
+    blocks: list[dict[str, Any]] = []
+    if value.get("crop_padding"):
+        blocks.append({"name": "RandomCrop", "padding": int(value["crop_padding"])})
+    if value.get("flip"):
+        blocks.append({"name": "RandomHorizontalFlip"})
+    return blocks
 
 
 @dataclass(frozen=True)
@@ -90,7 +124,13 @@ class DataConfig(Section):
     )
     max_images_per_split: int | None = Field(None, gt=0, description="subsample each split (quick runs)")
     m_per_class: int | None = Field(None, gt=0, description="m images per class in every batch")
-    augment: AugmentConfig = AugmentConfig()
+    augment: list[AugmentBlock] = Field(
+        default_factory=list,
+        description="training augmentation: torchvision.transforms.v2 blocks applied in order to each "
+        "training image (uint8, before normalisation), e.g. [{name: RandomResizedCrop, scale: [0.6, "
+        "1.0]}, {name: ColorJitter, brightness: 0.2}]; a size left out is the training image size; "
+        "the old {flip: true, crop_padding: N} reads as RandomCrop(padding=N), RandomHorizontalFlip",
+    )
     num_workers: int | None = Field(
         None,
         ge=0,
@@ -108,6 +148,23 @@ class DataConfig(Section):
     @classmethod
     def _synthetic_sizes_are_valid(cls, value: str) -> str:
         parse_synthetic_dataset(value)
+        return value
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_from_legacy_keys(cls, value: Any) -> Any:
+        return _legacy_augment_blocks(value)
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_blocks_are_transforms(
+        cls, value: list[AugmentBlock], info: ValidationInfo
+    ) -> list[AugmentBlock]:
+        if value:
+            # Only here is torchvision imported: a config without augmentation is read without torch.
+            from embedlab.data.augmentation import check_augment_blocks
+
+            check_augment_blocks(value, info.data.get("image_size"))
         return value
 
 
@@ -198,8 +255,9 @@ def _call_label(name: str, kwargs: Mapping[str, Any]) -> str:
 class LossConfig(BaseModel):
     """A loss by name with its own keyword arguments beside `name`.
 
-    `weight` (its factor in a sum of losses), `lr` (the learning rate of its parameters) and `miner`
-    (the miner that feeds it) are embedlab's; every other key goes to the loss class.
+    `weight` (its factor in a sum of losses), `lr` (the learning rate of its parameters), `miner` (the
+    miner that feeds it) and `memory_size` (a cross-batch memory around it) are embedlab's; every other
+    key goes to the loss class.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -207,31 +265,80 @@ class LossConfig(BaseModel):
     weight: float = 1.0
     lr: float | None = Field(None, gt=0.0)
     miner: MinerConfig | None = None
+    memory_size: int | None = Field(
+        None,
+        gt=0,
+        description="wrap the loss in pytorch-metric-learning's CrossBatchMemory holding this many past "
+        "embeddings (pair losses only)",
+    )
 
     def kwargs(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
     def label(self) -> str:
         text = _call_label(self.name, self.kwargs())
+        if self.memory_size is not None:
+            text = f"{text} with a memory of {self.memory_size}"
         return text if self.miner is None else f"{text} mined by {self.miner.label()}"
 
 
 class OptimizerConfig(Section):
-    name: Literal["adamw", "adam", "sgd"] = Field("adamw", description="SGD is Nesterov with momentum")
+    name: str = Field(
+        "adamw",
+        min_length=1,
+        description="any of timm's optimizers by name (timm.optim.create_optimizer_v2: adamw, adam, "
+        "sgd (Nesterov momentum), lamb, lion, adan, ...), checked before the run starts",
+    )
     lr: float = Field(1e-3, gt=0.0, description="learning rate of the model (peak, after warm-up)")
+    backbone_lr: float | None = Field(
+        None,
+        gt=0.0,
+        description="learning rate of the backbone (its last stage's, with layer_decay); default lr",
+    )
+    layer_decay: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="layer-wise learning-rate decay over the backbone (timm's grouping of its blocks or "
+        "stages): each group further from the output learns at this factor of the next one's rate, the "
+        "last at backbone_lr; timm backbones only",
+    )
     head_lr: float | None = Field(None, gt=0.0, description="learning rate of loss parameters; default lr")
     weight_decay: float = Field(1e-4, ge=0.0, description="on the model's weights, not norms or biases")
-    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="for optimizers with momentum (sgd)")
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="further keyword arguments of the optimizer (betas, eps, ...)"
+    )
+
+
+#: Schedules of timm's scheduler factory (timm.scheduler.create_scheduler_v2), stepped every update.
+TIMM_SCHEDULES = ("timm.cosine", "timm.tanh", "timm.step", "timm.multistep", "timm.poly")
 
 
 class SchedulerConfig(Section):
-    name: Literal["cosine", "step", "constant"] = Field(
-        "cosine", description="learning-rate schedule, per step"
+    name: Literal[
+        "cosine", "step", "constant", "timm.cosine", "timm.tanh", "timm.step", "timm.multistep", "timm.poly"
+    ] = Field(
+        "cosine",
+        description="learning-rate schedule, per step; timm.NAME: timm's scheduler NAME "
+        "(create_scheduler_v2, stepped per update, warmup_epochs and min_lr_ratio passed on; more of "
+        "its arguments in scheduler.args)",
     )
     warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up, in (fractional) epochs")
     step_epochs: int = Field(1, gt=0, description="step: epochs between decays")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: decay factor")
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine: final lr as a share of lr")
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="timm schedules: further arguments of create_scheduler_v2 (cycle_limit, "
+        "decay_milestones, k_decay, ...)",
+    )
+
+    @model_validator(mode="after")
+    def _args_only_for_timm(self) -> SchedulerConfig:
+        if self.args and self.name not in TIMM_SCHEDULES:
+            raise ValueError(f"scheduler.args is for timm's schedules ({', '.join(TIMM_SCHEDULES)})")
+        return self
 
 
 class TrainConfig(Section):
@@ -253,6 +360,21 @@ class TrainConfig(Section):
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = Field(
         "32-true",
         description="Lightning's precision; 16-mixed (float16 with a gradient scaler) needs a CUDA GPU",
+    )
+    freeze_backbone_epochs: int = Field(
+        0,
+        ge=0,
+        description="train only the neck and the loss for this many epochs (backbone weights and "
+        "batch-norm statistics frozen), then the whole model",
+    )
+    accumulate_grad_batches: int = Field(
+        1, gt=0, description="optimizer step every n batches, their gradients summed (a larger batch)"
+    )
+    gradient_clip_val: float | None = Field(
+        None, gt=0.0, description="clip gradients to this norm (or value, with gradient_clip_algorithm)"
+    )
+    gradient_clip_algorithm: Literal["norm", "value"] = Field(
+        "norm", description="norm: rescale the whole gradient; value: clamp each element"
     )
     threads: int | None = Field(None, gt=0, description="torch threads; default: all cores")
     channels_last: bool = Field(

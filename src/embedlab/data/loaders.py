@@ -17,11 +17,12 @@ In-memory sets are indexed in the main process whatever the setting: a batch is 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
+from embedlab.data.augmentation import AugmentedImages
 from embedlab.data.images import InMemoryImages, LabelledImages
 
 #: The most loader processes the default starts: more rarely help and each holds a copy of the dataset.
@@ -167,10 +168,13 @@ def train_batches(
     rank: int = 0,
     world_size: int = 1,
     feeds_cuda: bool = False,
+    augmentation: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> DataLoader:
     """Shuffled training batches, or batches of m images per class, of `batch_size` images in all;
     process `rank` of `world_size` gets its slice of each (see the module docstring). `feeds_cuda`:
-    the batches go to a CUDA device (pinned memory, and the default number of workers)."""
+    the batches go to a CUDA device (pinned memory, and the default number of workers).
+    `augmentation`: a transform of one uint8 image, applied to each image of a batch where the batch is
+    made (data/augmentation.py), under the batch's seed."""
     if batch_size % world_size:
         raise ValueError(
             f"train.batch_size ({batch_size}) is the batch of one step over all {world_size} processes; "
@@ -183,7 +187,8 @@ def train_batches(
         batches = EpochBatchSampler(SeededRandomSampler(len(images), seed), batch_size, drop_last=True)
     if len(batches) == 0:  # type: ignore[arg-type]
         raise ValueError(f"the training set ({len(images)} images) is smaller than one batch ({batch_size})")
-    return _loader(images, RankSlices(batches, rank, world_size), num_workers, feeds_cuda)
+    dataset = images if augmentation is None else AugmentedImages(images, augmentation)
+    return _loader(images, RankSlices(batches, rank, world_size), num_workers, feeds_cuda, dataset)
 
 
 def eval_batches(
@@ -198,13 +203,18 @@ def eval_batches(
 
 
 def _loader(
-    images: LabelledImages, batches: Sampler[list[int]], num_workers: int | None, feeds_cuda: bool
+    images: LabelledImages,
+    batches: Sampler[list[int]],
+    num_workers: int | None,
+    feeds_cuda: bool,
+    dataset: Dataset | None = None,
 ) -> DataLoader:
+    """A loader of `batches` of `images` (read through `dataset`, an augmenting view of them, if given)."""
     workers = (
         0 if isinstance(images, InMemoryImages) else resolve_num_workers(num_workers, feeds_cuda=feeds_cuda)
     )
     return DataLoader(
-        images,
+        images if dataset is None else dataset,
         sampler=batches,
         batch_size=None,
         num_workers=workers,

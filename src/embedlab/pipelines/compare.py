@@ -25,6 +25,8 @@ from embedlab.reporting.leaderboard import (
 )
 from embedlab.reporting.runs import COMPARISON_FILE, comparison_run_dir
 from embedlab.training.fit import fit
+from embedlab.training.objective import check_memory_size
+from embedlab.training.optimizers import check_optimizer_name
 from embedlab.training.run_dir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -83,9 +85,11 @@ def check_combinations(
         try:
             for spec in cfg.losses():
                 check_loss_arguments(spec.name, spec.kwargs())
+                check_memory_size(spec.name, spec.memory_size)
                 miner = spec.miner or cfg.miner
                 if miner is not None:
                     check_miner_arguments(miner.name, miner.kwargs())
+            check_optimizer_name(cfg.optimizer.name)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"combination {label!r} cannot run: {error}") from None
     return configs

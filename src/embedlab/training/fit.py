@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from embedlab.atomic import remove_stale_temporaries
 from embedlab.config import ExperimentConfig
+from embedlab.data.augmentation import build_augmentation
 from embedlab.data.loaders import resolve_num_workers, train_batches
 from embedlab.data.splits import DataSplits, prepare_data
 from embedlab.models.embedder import build_embedder
@@ -37,6 +38,7 @@ from embedlab.training.history import read_history, training_rows, truncate_hist
 from embedlab.training.loggers import run_loggers
 from embedlab.training.module import EmbeddingModule, NonFiniteLossError, NonFiniteWeightsError
 from embedlab.training.objective import build_objective
+from embedlab.training.optimizers import check_optimizer_name
 from embedlab.training.progress import EpochBar, EpochLines
 from embedlab.training.run_dir import (
     BEST_CHECKPOINT,
@@ -177,8 +179,9 @@ def fit(
     """
     out_dir = Path(out_dir)
     layout = resolve_layout(devices if devices is not None else cfg.train.devices, num_nodes)
-    # Before the run folder: a GPU the machine lacks leaves nothing behind.
+    # Before the run folder: a GPU the machine lacks, or an optimizer timm lacks, leaves nothing behind.
     hardware = resolve_hardware(cfg.train, layout.devices)
+    check_optimizer_name(cfg.optimizer.name)
     main_process = layout.rank == 0
     if main_process:
         resume_from = _prepare_run_dir(out_dir, resume, force)
@@ -210,7 +213,12 @@ def fit(
         class_counts=data.class_counts,
     )
     module = EmbeddingModule(
-        embedder, objective, cfg.optimizer, cfg.scheduler, cfg.data.augment, seed=cfg.train.seed
+        embedder,
+        objective,
+        cfg.optimizer,
+        cfg.scheduler,
+        seed=cfg.train.seed,
+        freeze_backbone_epochs=cfg.train.freeze_backbone_epochs,
     )
 
     workers = resolve_num_workers(cfg.data.num_workers, feeds_cuda=hardware.on_cuda)
@@ -224,6 +232,7 @@ def fit(
         rank=layout.rank,
         world_size=layout.world_size,
         feeds_cuda=hardware.on_cuda,
+        augmentation=build_augmentation(cfg.data.augment, data.image_size),
     )
 
     history = out_dir / HISTORY_FILE
@@ -293,7 +302,11 @@ def fit(
         devices=layout.devices,
         num_nodes=layout.num_nodes,
         # The loader already gives each process its slice, hence no distributed sampler.
-        strategy=ddp_strategy(hardware) if layout.world_size > 1 else "auto",
+        strategy=(
+            ddp_strategy(hardware, some_parameters_frozen=cfg.train.freeze_backbone_epochs > 0)
+            if layout.world_size > 1
+            else "auto"
+        ),
         use_distributed_sampler=False,
         precision=hardware.precision,
         logger=run_loggers(out_dir, cfg.model_dump(mode="json", exclude={"grid"})),
@@ -306,6 +319,9 @@ def fit(
         ],
         plugins=[AtomicCheckpointIO()],
         limit_train_batches=cfg.train.max_steps_per_epoch or 1.0,
+        accumulate_grad_batches=cfg.train.accumulate_grad_batches,
+        gradient_clip_val=cfg.train.gradient_clip_val,
+        gradient_clip_algorithm=cfg.train.gradient_clip_algorithm,
         num_sanity_val_steps=0,
         enable_progress_bar=live,
         enable_model_summary=False,

@@ -69,11 +69,15 @@ def resolve_hardware(train: TrainConfig, devices_per_node: int) -> TrainingHardw
     return TrainingHardware(accelerator=accelerator, precision=train.precision)
 
 
-def ddp_strategy(hardware: TrainingHardware) -> DDPStrategy:
+def ddp_strategy(hardware: TrainingHardware, *, some_parameters_frozen: bool = False) -> DDPStrategy:
     """DDP with NCCL between CUDA processes (collectives on the GPUs, over NVLink or InfiniBand where
     present) and gloo between CPU processes; Lightning would choose the same from the device, it is
-    named here so that the choice is visible and tested."""
-    return DDPStrategy(process_group_backend="nccl" if hardware.on_cuda else "gloo")
+    named here so that the choice is visible and tested. `some_parameters_frozen`: parameters stop
+    receiving gradients for some epochs (train.freeze_backbone_epochs), which DDP must be told of."""
+    return DDPStrategy(
+        process_group_backend="nccl" if hardware.on_cuda else "gloo",
+        find_unused_parameters=some_parameters_frozen,
+    )
 
 
 def compile_embedder(embedder: nn.Module, backend: str) -> None:

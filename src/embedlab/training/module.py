@@ -9,21 +9,24 @@ is ever written, so last.ckpt and best.ckpt stay the last good ones.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch import nn
+from timm.scheduler.scheduler import Scheduler
 from typing_extensions import override
 
-from embedlab.config import AugmentConfig, OptimizerConfig, SchedulerConfig
-from embedlab.data.transforms import augment
+from embedlab.config import OptimizerConfig, SchedulerConfig
 from embedlab.models.embedder import Embedder
 from embedlab.training.distributed import gather_global_batch
 from embedlab.training.objective import Objective
-from embedlab.training.optimizers import build_optimizer
+from embedlab.training.optimizers import (
+    build_optimizer,
+    build_scheduler,
+    parameter_groups,
+    schedules_the_rate,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -34,26 +37,6 @@ class NonFiniteWeightsError(RuntimeError):
     """A checkpoint was about to be written with NaN or infinite weights; it was not written."""
 
 
-def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Learning-rate multiplier: linear from ~0 to 1 over `warmup_steps`, then cosine down to `min_ratio`."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def step_factor(step: int, steps_per_epoch: int, warmup_steps: int, step_epochs: int, gamma: float) -> float:
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return gamma ** ((step // max(1, steps_per_epoch)) // step_epochs)
-
-
-def _decays(name: str, parameter: nn.Parameter) -> bool:
-    """Weight decay for weight matrices and kernels only: not for norms, biases or the GeM exponent."""
-    return parameter.ndim > 1 and not name.endswith(".bias")
-
-
 class EmbeddingModule(L.LightningModule):
     def __init__(
         self,
@@ -61,8 +44,8 @@ class EmbeddingModule(L.LightningModule):
         objective: Objective,
         optimizer: OptimizerConfig,
         scheduler: SchedulerConfig,
-        augmentation: AugmentConfig,
         seed: int = 0,
+        freeze_backbone_epochs: int = 0,
     ) -> None:
         super().__init__()
         self.embedder = embedder
@@ -70,9 +53,8 @@ class EmbeddingModule(L.LightningModule):
         self.loss_parameter_groups = objective.parameter_groups
         self.optimizer_settings = optimizer
         self.scheduler_settings = scheduler
-        self.augmentation = augmentation
-        self.has_augmentation = augmentation.flip or augmentation.crop_padding > 0
         self.seed = seed
+        self.freeze_backbone_epochs = freeze_backbone_epochs
 
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -96,13 +78,22 @@ class EmbeddingModule(L.LightningModule):
         # numpy's global generator too: pytorch-metric-learning's random choices draw from it.
         np.random.seed(int(numpy_seed))
 
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.current_epoch < self.freeze_backbone_epochs
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        # Frozen: no gradients into the backbone (autograd skips its backward), and its batch norms in
+        # eval mode, so that their running statistics stay the pretrained ones too.
+        frozen = self.backbone_frozen
+        for parameter in self.embedder.backbone.parameters():
+            parameter.requires_grad_(not frozen)
+        self.embedder.backbone.train(not frozen)
+
     @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        # The batch is already on the training device (Lightning moved it), so the augmentation's tensor
-        # ops run there, on uint8 images a quarter the size of their float form.
         images, labels = batch
-        if self.has_augmentation:
-            images = augment(images, self.augmentation)
         embeddings = self.embedder(images)
         if self._distributed:
             embeddings, labels = gather_global_batch(embeddings, labels)
@@ -148,40 +139,26 @@ class EmbeddingModule(L.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        settings = self.optimizer_settings
-        head_lr = settings.head_lr or settings.lr
-        decay, no_decay = [], []
-        for name, parameter in self.embedder.named_parameters():
-            (decay if _decays(name, parameter) else no_decay).append(parameter)
-        groups: list[dict[str, Any]] = [
-            {"params": decay, "weight_decay": settings.weight_decay, "lr": settings.lr},
-            {"params": no_decay, "weight_decay": 0.0, "lr": settings.lr},
-        ]
-        for parameters, lr in self.loss_parameter_groups:
-            groups.append({"params": parameters, "weight_decay": 0.0, "lr": lr or head_lr})
-        groups = [g for g in groups if g["params"]]
-        optimizer = build_optimizer(settings, groups)
-
-        schedule = self.scheduler_settings
-        if schedule.name == "constant" and schedule.warmup_epochs == 0:
+        backbone = self.embedder.backbone
+        backbone_ids = {id(p) for p in backbone.parameters()}
+        rest = [(n, p) for n, p in self.embedder.named_parameters() if id(p) not in backbone_ids]
+        groups = parameter_groups(backbone, rest, self.loss_parameter_groups, self.optimizer_settings)
+        optimizer = build_optimizer(self.optimizer_settings, groups)
+        if not schedules_the_rate(self.scheduler_settings):
             return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
-        warmup_steps = round(schedule.warmup_epochs * steps_per_epoch)
-        if schedule.name == "cosine":
-
-            def factor(step: int) -> float:
-                return warmup_cosine_factor(step, total_steps, warmup_steps, schedule.min_lr_ratio)
-
-        elif schedule.name == "step":
-
-            def factor(step: int) -> float:
-                return step_factor(step, steps_per_epoch, warmup_steps, schedule.step_epochs, schedule.gamma)
-
-        else:
-
-            def factor(step: int) -> float:
-                return min(1.0, (step + 1) / warmup_steps)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = build_scheduler(
+            optimizer,
+            self.scheduler_settings,
+            lr=self.optimizer_settings.lr,
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            epochs=max(1, self.trainer.max_epochs or 1),
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @override
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if isinstance(scheduler, Scheduler):
+            # timm's schedules take the number of updates so far rather than counting calls.
+            scheduler.step_update(num_updates=self.global_step)
+        else:
+            scheduler.step()
