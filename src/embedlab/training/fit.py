@@ -217,6 +217,8 @@ def fit(
         cfg.train.seed,
         cfg.data.m_per_class,
         workers,
+        sampler=cfg.data.sampler,
+        min_images_per_identity=cfg.data.min_images_per_identity,
         rank=layout.rank,
         world_size=layout.world_size,
         feeds_cuda=hardware.on_cuda,
