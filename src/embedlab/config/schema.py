@@ -124,6 +124,20 @@ class DataConfig(Section):
     )
     max_images_per_split: int | None = Field(None, gt=0, description="subsample each split (quick runs)")
     m_per_class: int | None = Field(None, gt=0, description="m images per class in every batch")
+    sampler: Literal["auto", "random", "m_per_class", "class_balanced"] = Field(
+        "auto",
+        description="how training batches are drawn (docs/sampling.md): random: shuffled images; "
+        "m_per_class: min(data.m_per_class, its images) distinct images of each identity drawn, "
+        "identities drawn until the batch is full, no image twice; class_balanced: distinct images, "
+        "each identity equally likely; auto: m_per_class when data.m_per_class is set, else random",
+    )
+    min_images_per_identity: int = Field(
+        1,
+        ge=1,
+        description="identities with fewer images are left out of m_per_class and class_balanced "
+        "batches: 1 keeps single-image identities in (negatives with no positive), 2 leaves them out; "
+        "the random sampler draws every image",
+    )
     augment: list[AugmentBlock] = Field(
         default_factory=list,
         description="training augmentation: torchvision.transforms.v2 blocks applied in order to each "
@@ -166,6 +180,24 @@ class DataConfig(Section):
 
             check_augment_blocks(value, info.data.get("image_size"))
         return value
+
+    @model_validator(mode="after")
+    def _sampler_has_its_settings(self) -> DataConfig:
+        # The rule of embedlab.data.loaders.resolve_sampler, which config (a lower layer) cannot import.
+        if self.sampler == "m_per_class" and self.m_per_class is None:
+            raise ValueError(
+                "data.sampler m_per_class needs data.m_per_class (the images of each identity in a "
+                "batch): set data.m_per_class, e.g. 4, or choose data.sampler random or class_balanced"
+            )
+        random = self.sampler == "random" or (self.sampler == "auto" and self.m_per_class is None)
+        if random and self.min_images_per_identity > 1:
+            raise ValueError(
+                f"data.min_images_per_identity={self.min_images_per_identity} leaves identities out of "
+                "m_per_class and class_balanced batches, and data.sampler is random (auto without "
+                "data.m_per_class is random), which draws every image: set data.sampler or "
+                "data.m_per_class, or leave data.min_images_per_identity at 1"
+            )
+        return self
 
 
 class DOLGConfig(Section):

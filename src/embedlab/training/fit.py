@@ -26,7 +26,7 @@ from embedlab.config import ExperimentConfig
 from embedlab.data.augmentation import build_augmentation
 from embedlab.data.loaders import resolve_num_workers, train_batches
 from embedlab.data.splits import DataSplits, prepare_data
-from embedlab.models.embedder import build_embedder
+from embedlab.models.embedder import Embedder, build_embedder
 from embedlab.models.weights import load_torch_file
 from embedlab.models.zero_shot import zero_shot_embedder
 from embedlab.training.averaging import ExponentialMovingAverage
@@ -89,6 +89,21 @@ def _show_messages() -> None:
     package.addHandler(_StdoutHandler())
     if package.level == logging.NOTSET:
         package.setLevel(logging.INFO)
+
+
+def test_time_preprocessing(embedder: Embedder) -> dict[str, Any]:
+    """How an image becomes the model's input at evaluation and search time, as model.json records it
+    (the index's manifest holds the same): decoded with Pillow, the whole image resized to a square (no
+    crop), then scaled to [0, 1] and normalised; training augmentation never applies."""
+    preprocess = embedder.preprocess
+    return {
+        "decode": "pil",
+        "channels": preprocess.channels,
+        "resize": f"whole image to {preprocess.size}x{preprocess.size}, bilinear",
+        "crop": None,
+        "mean": [round(float(v), 6) for v in preprocess.mean.tolist()],
+        "std": [round(float(v), 6) for v in preprocess.std.tolist()],
+    }
 
 
 def _log_data_summary(data: DataSplits) -> dict[str, int]:
@@ -229,6 +244,8 @@ def fit(
         cfg.train.seed,
         cfg.data.m_per_class,
         workers,
+        sampler=cfg.data.sampler,
+        min_images_per_identity=cfg.data.min_images_per_identity,
         rank=layout.rank,
         world_size=layout.world_size,
         feeds_cuda=hardware.on_cuda,
@@ -245,6 +262,7 @@ def fit(
                 "channels": data.channels,
                 "image_size": data.image_size,
                 "embedding_dim": cfg.model.embedding_dim,
+                "preprocessing": test_time_preprocessing(embedder),
             },
         )
         if resumed_epoch is not None:

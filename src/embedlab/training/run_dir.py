@@ -3,7 +3,8 @@
 RUN_DIR/
   config.yaml          the resolved config
   split.json           which classes and how many images went where
-  model.json           input channels and size, embedding size (to rebuild the embedder)
+  model.json           input channels and size, embedding size (to rebuild the embedder), and the
+                       test-time preprocessing (resize, no crop, normalisation)
   metrics.csv          one row per epoch trained (epoch 1, 2, ...): loss, validation metrics, times,
                        throughput; epoch 0 is the zero-shot row when the run has one (history.py)
   summary.json         the final metrics under their METRICS.md names, the zero-shot ones, warnings,
