@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from embedlab.config.augment_blocks import check_augment_blocks
 from embedlab.metric_names import DEFAULT_METRICS, parse_metric, parse_metrics
 
 
@@ -174,11 +175,7 @@ class DataConfig(Section):
     def _augment_blocks_are_transforms(
         cls, value: list[AugmentBlock], info: ValidationInfo
     ) -> list[AugmentBlock]:
-        if value:
-            # Only here is torchvision imported: a config without augmentation is read without torch.
-            from embedlab.data.augmentation import check_augment_blocks
-
-            check_augment_blocks(value, info.data.get("image_size"))
+        check_augment_blocks(value, info.data.get("image_size"))
         return value
 
     @model_validator(mode="after")
