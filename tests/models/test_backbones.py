@@ -87,6 +87,17 @@ def test_backbone_arguments_reach_the_model_and_unknown_ones_are_named() -> None
         create_backbone("resnet18", in_chans=3, kwargs={"no_such_argument": 1})
 
 
+def test_drop_path_through_backbone_args_reaches_every_block_of_a_timm_model() -> None:
+    from timm.layers import DropPath
+
+    backbone = create_backbone("mobilenetv2_100", in_chans=3, kwargs={"drop_path_rate": 0.2})
+    rates = [m.drop_prob for m in backbone.modules() if isinstance(m, DropPath)]
+    # timm spreads the rate linearly over the blocks, rising towards drop_path_rate
+    assert rates and 0.15 < max(rates) <= 0.2 and rates == sorted(rates) and rates[0] < 0.05
+    plain = create_backbone("mobilenetv2_100", in_chans=3)
+    assert not any(isinstance(m, DropPath) for m in plain.modules())
+
+
 def test_small_resnet_without_blocks_is_small_cnn() -> None:
     plain = create_backbone("small_cnn", in_chans=1, kwargs={"widths": (8, 16, 32)}).eval()
     residual = create_backbone(
