@@ -242,11 +242,11 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
     tmp_path, monkeypatch
 ) -> None:
     cfg, _ = load_config(None, [*SETTINGS, "train.epochs=3"])
-    _with_nan_loss(monkeypatch, at=8)  # epoch 1 (6 steps per epoch), its third batch
+    _with_nan_loss(monkeypatch, at=8)  # epoch 2 (6 steps per epoch), its third batch
     with pytest.raises(NonFiniteLossError) as raised:
         fit(cfg, tmp_path / "run", progress=False)
     message = str(raised.value)
-    assert "loss is nan at epoch 1, step 8 (batch 2 of the epoch)" in message
+    assert "loss is nan at epoch 2, step 8 (batch 3 of the epoch)" in message
     assert "last.ckpt (after 1 completed epoch) is the last good checkpoint" in message
     assert "--resume" in message
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -260,7 +260,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
 def test_a_nan_loss_before_any_checkpoint_says_so(tmp_path, monkeypatch) -> None:
     cfg, _ = load_config(None, SETTINGS)
     _with_nan_loss(monkeypatch, at=0)
-    with pytest.raises(NonFiniteLossError, match="epoch 0, step 0 .*No checkpoint had been written yet"):
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step 0 .*No checkpoint had been written yet"):
         fit(cfg, tmp_path / "run", progress=False)
 
 

@@ -101,8 +101,8 @@ class EmbeddingModule(L.LightningModule):
         # Every process holds the same loss (the global batch's), so all of them stop together.
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"the training loss is {float(loss.detach())} at epoch {self.current_epoch}, step "
-                f"{self.global_step} (batch {batch_idx} of the epoch); training stopped before this step "
+                f"the training loss is {float(loss.detach())} at epoch {self.current_epoch + 1}, step "
+                f"{self.global_step} (batch {batch_idx + 1} of the epoch); training stopped before this step "
                 "changed the weights"
             )
         self.log(
