@@ -333,7 +333,8 @@ def test_a_bare_argument_without_equals_names_key_value(tmp_path: Path) -> None:
 def test_init_writes_a_starter_config_and_refuses_to_overwrite_it(tmp_path: Path) -> None:
     from embedlab.config import load_config, packaged_configs
 
-    for name, packaged in (("folder", "image_folder.yaml"), ("csv", "image_csv.yaml")):
+    starters = (("folder", "image_folder.yaml"), ("csv", "image_csv.yaml"), ("photos", "photos.yaml"))
+    for name, packaged in starters:
         written = run("init", name, cwd=tmp_path)
         assert written.returncode == 0, written.stdout + written.stderr
         assert (tmp_path / f"{name}.yaml").read_text() == packaged_configs()[packaged].read_text()

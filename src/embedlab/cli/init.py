@@ -15,6 +15,7 @@ from embedlab.config import packaged_configs
 class Starter(StrEnum):
     folder = "folder"
     csv = "csv"
+    photos = "photos"
     recipe = "recipe"
 
 
@@ -22,6 +23,7 @@ class Starter(StrEnum):
 STARTERS = {
     Starter.folder: "image_folder.yaml",
     Starter.csv: "image_csv.yaml",
+    Starter.photos: "photos.yaml",
     Starter.recipe: "fashion_mnist_recipe.yaml",
 }
 
@@ -31,7 +33,8 @@ def init(
         Starter,
         typer.Argument(
             help="folder: a folder of photos, one sub-folder per identity; csv: a CSV of paths and "
-            "labels; recipe: the Fashion-MNIST recipe (no data to bring)."
+            "labels; photos: the photo recipe (an ImageNet backbone fine-tuned, set its data and "
+            "weights); recipe: the Fashion-MNIST recipe (no data to bring)."
         ),
     ] = Starter.folder,
     out: Annotated[Path | None, typer.Option(help="The file to write (default: ./NAME.yaml).")] = None,

@@ -124,7 +124,9 @@ class DataConfig(Section):
         "(each query's own row excluded); auto: train for a predefined test split, else validation",
     )
     max_images_per_split: int | None = Field(None, gt=0, description="subsample each split (quick runs)")
-    m_per_class: int | None = Field(None, gt=0, description="up to m distinct images of each identity in a batch (docs/sampling.md)")
+    m_per_class: int | None = Field(
+        None, gt=0, description="up to m distinct images of each identity in a batch (docs/sampling.md)"
+    )
     sampler: Literal["auto", "random", "m_per_class", "class_balanced"] = Field(
         "auto",
         description="how training batches are drawn (docs/sampling.md): random: shuffled images; "
