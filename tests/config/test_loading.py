@@ -55,4 +55,4 @@ def test_a_packaged_config_can_be_named_alone_from_any_folder(tmp_path, monkeypa
         cfg, _ = load_config(name)
         assert cfg.model.backbone == "resnet18"
     with pytest.raises(ConfigError, match=r"image_csv.yaml.*embedlab init"):
-        load_config("photos.yaml")
+        load_config("whales.yaml")
