@@ -5,6 +5,7 @@ JPEG)."""
 
 from __future__ import annotations
 
+import colorsys
 import csv
 import io
 import multiprocessing
@@ -29,6 +30,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from embedlab.config import ExperimentConfig
 from embedlab.index.gallery import GalleryIndex
 
 
@@ -491,3 +493,115 @@ def server(deployment: Deployment) -> Server:
     assert deployment.server is not None, "the collection hook asks for the server when a test uses it"
     deployment.server.wait_until_ready()
     return deployment.server
+
+
+# Collections to audit, with planted problems or without. An identity is a hue; each of its photos is a
+# new layout of discs of grey, black and a darker shade on it (hues are evenly spaced, so identities are
+# told apart by colour, which a random backbone sees), drawn larger than the model's input (as photos
+# are), so that two photos of one identity differ everywhere while a copy of one photo stays close to it
+# even through a random backbone's pooled features.
+AUDIT_PHOTO_SIDE = 160
+AUDIT_MODEL_SIDE = 48
+AUDIT_TRAIN_IDENTITIES = 9
+AUDIT_VALIDATION_IDENTITIES = 3
+AUDIT_PHOTOS = 6
+
+
+def audit_photo(identity: int, rng: np.random.Generator) -> np.ndarray:
+    hue = identity / (AUDIT_TRAIN_IDENTITIES + AUDIT_VALIDATION_IDENTITIES)
+    colour = np.array(colorsys.hsv_to_rgb(hue, 0.9, 0.9)) * 255
+    shades = [colour * 0.5, np.array([235.0, 235.0, 235.0]), np.array([25.0, 25.0, 25.0])]
+    y, x = np.mgrid[0:AUDIT_PHOTO_SIDE, 0:AUDIT_PHOTO_SIDE]
+    pixels = np.empty((AUDIT_PHOTO_SIDE, AUDIT_PHOTO_SIDE, 3))
+    pixels[:] = colour
+    for _ in range(5):
+        cy, cx = rng.uniform(0, AUDIT_PHOTO_SIDE, 2)
+        radius = rng.uniform(0.08, 0.22) * AUDIT_PHOTO_SIDE
+        pixels[(y - cy) ** 2 + (x - cx) ** 2 < radius * radius] = shades[rng.integers(3)]
+    return np.clip(pixels + rng.normal(0, 4, pixels.shape), 0, 255).astype(np.uint8)
+
+
+def resized_reencoded(source: Path, target: Path) -> Path:
+    with Image.open(source) as image:
+        smaller = image.resize((int(image.width * 0.75), int(image.height * 0.75)), Image.Resampling.BICUBIC)
+        smaller.convert("RGB").save(target, format="JPEG", quality=85)
+    return target
+
+
+@dataclass(frozen=True)
+class AuditCollection:
+    """A CSV (path, label, split) over ROOT/<identity>/<n>.png, and what was planted in it."""
+
+    csv: Path
+    root: Path
+    planted: dict[str, Path]
+
+    def key(self, name: str) -> str:
+        return str(self.planted[name])
+
+
+def write_audit_collection(folder: Path, *, planted: bool, seed: int = 0) -> AuditCollection:
+    rng = np.random.default_rng(seed)
+    root = folder / "photos"
+    rows: list[tuple[Path, str, str]] = []
+    for identity in range(AUDIT_TRAIN_IDENTITIES + AUDIT_VALIDATION_IDENTITIES):
+        name = f"id_{identity}"
+        (root / name).mkdir(parents=True)
+        split = "train" if identity < AUDIT_TRAIN_IDENTITIES else "validation"
+        for n in range(AUDIT_PHOTOS):
+            path = root / name / f"{n}.png"
+            Image.fromarray(audit_photo(identity, rng)).save(path)
+            rows.append((path, name, split))
+    plants: dict[str, Path] = {}
+    if planted:
+        # One picture under two identities, saved again so that its bytes differ but not its pixels.
+        with Image.open(root / "id_0" / "0.png") as image:
+            image.save(root / "id_1" / "copy_of_id_0.png", compress_level=1)
+        plants["copy_across_identities"] = root / "id_1" / "copy_of_id_0.png"
+        rows.append((plants["copy_across_identities"], "id_1", "train"))
+        # A training picture again in the validation split.
+        plants["copy_across_splits"] = root / "id_2" / "1.png"
+        rows.append((plants["copy_across_splits"], "id_2", "validation"))
+        # A photo of id_3 filed under id_4.
+        relabelled = root / "id_3" / "2.png"
+        rows = [(p, "id_4" if p == relabelled else label, s) for p, label, s in rows]
+        plants["relabelled"] = relabelled
+        # id_7 is id_6 again: the same source images under a second identity.
+        for path, label, split in list(rows):
+            if label == "id_6":
+                copy = root / "id_7" / f"from_id_6_{path.name}"
+                copy.write_bytes(path.read_bytes())
+                rows.append((copy, "id_7", split))
+        rows = [(p, label, s) for p, label, s in rows if not (label == "id_7" and "from_id_6" not in p.name)]
+        # A smaller JPEG of a training photo beside it, and one of a validation photo beside it.
+        plants["reencoded"] = resized_reencoded(root / "id_5" / "0.png", root / "id_5" / "0_small.jpg")
+        rows.append((plants["reencoded"], "id_5", "train"))
+        plants["reencoded_validation"] = resized_reencoded(
+            root / "id_10" / "0.png", root / "id_10" / "0_small.jpg"
+        )
+        rows.append((plants["reencoded_validation"], "id_10", "validation"))
+        # A file that does not decode.
+        plants["unreadable"] = root / "id_8" / "broken.png"
+        plants["unreadable"].write_bytes((root / "id_8" / "0.png").read_bytes()[:200])
+        rows.append((plants["unreadable"], "id_8", "train"))
+    table = folder / "photos.csv"
+    with table.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "label", "split"])
+        for path, label, split in rows:
+            writer.writerow([str(path.relative_to(folder)), label, split])
+    return AuditCollection(table, root, {name: path.relative_to(folder) for name, path in plants.items()})
+
+
+@pytest.fixture(scope="session")
+def audit_config() -> ExperimentConfig:
+    """A random small backbone at 48 px with average pooling: what the photos' colours tell apart."""
+    return ExperimentConfig.model_validate(
+        {"data": {"image_size": AUDIT_MODEL_SIDE}, "model": {"backbone": "small_resnet", "pooling": "avg"}}
+    )
+
+
+@pytest.fixture(scope="session")
+def audit_collection() -> Callable[..., AuditCollection]:
+    """write_audit_collection(folder, planted=...), for fixtures of any scope."""
+    return write_audit_collection

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from embedlab.cli.audit import audit
 from embedlab.cli.embedding import embed
 from embedlab.cli.evaluation import evaluate
 from embedlab.cli.index import index_app
@@ -44,7 +45,7 @@ def _main(
     """Train, compare, evaluate and serve embedding models for image retrieval."""
 
 
-for _command in (init, train, evaluate, embed, compare, demo, report):
+for _command in (init, train, evaluate, embed, compare, demo, report, audit):
     app.command()(_command)
 app.add_typer(index_app, name="index")
 for _command in (search, calibrate, serve, export):

@@ -54,6 +54,12 @@ def evaluate(
             help="Where exact evaluation computes: auto (a GPU if torch sees one), cpu, cuda or cuda:N."
         ),
     ] = "auto",
+    exclude_audit: Annotated[
+        Path | None,
+        typer.Option(
+            help="Hold out the items an `embedlab audit` CSV marks held_out (leaks.csv, label_conflicts.csv)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (a list of rows with steps).")] = False,
 ) -> None:
     """Retrieval metrics of a trained run, or of embeddings made anywhere (.npy files).
@@ -69,6 +75,8 @@ def evaluate(
 
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     try:
+        if exclude_audit is not None and run_dir is None:
+            raise ValueError("--exclude-audit names images of a run's data: give RUN_DIR")
         if query_shards is not None or gallery_shards is not None:
             if query_shards is None or run_dir is not None or query_embeddings is not None:
                 raise ValueError(
@@ -97,11 +105,12 @@ def evaluate(
                 tta or [],
                 steps,
                 device,
+                exclude_audit,
             )
         elif run_dir is not None:
             from embedlab.pipelines.evaluate import evaluate_run
 
-            result = evaluate_run(run_dir, metric_names, device=device)
+            result = evaluate_run(run_dir, metric_names, device=device, exclude_audit=exclude_audit)
         else:
             assert query_embeddings is not None and query_labels is not None
             result = evaluate_embedding_files(
@@ -143,6 +152,7 @@ def _evaluate_steps(
     tta: list[str],
     steps: list[StepConfig],
     device: str,
+    exclude_audit: Path | None,
 ) -> list[StepResult]:
     from embedlab.evaluation import DEFAULT_METRICS, load_embedding_files
     from embedlab.evaluation.steps import RetrievalProblem, postprocessing_rows, score_step
@@ -159,6 +169,7 @@ def _evaluate_steps(
             tta=TestTimeAugmentation.parse(tta) if tta else None,
             steps=steps,
             device=device,
+            exclude_audit=exclude_audit,
         )
     if ensemble or tta:
         raise ValueError("--ensemble and --tta embed images with trained models: give a RUN_DIR")

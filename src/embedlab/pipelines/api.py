@@ -275,6 +275,7 @@ def evaluate(
     metrics: Sequence[str] | str | None = None,
     checkpoint: str = "best",
     device: Any = "auto",
+    exclude_audit: str | Path | None = None,
     **options: Any,
 ) -> RetrievalResult:
     """Retrieval metrics, as a RetrievalResult that prints as a table.
@@ -284,7 +285,8 @@ def evaluate(
     Embeddings (Nq, D) with their labels (Nq,): searched in themselves, or against `gallery` (Ng, D)
     with `gallery_labels`; `options` are `evaluate_retrieval`'s (query_groups, average, per_class,
     method, ...; docs/evaluation.md). device: where exact evaluation computes, for runs and embeddings
-    alike ("auto", "cpu", "cuda", "cuda:N"; see docs/evaluation.md, "On the GPU").
+    alike ("auto", "cpu", "cuda", "cuda:N"; see docs/evaluation.md, "On the GPU"). exclude_audit: for a
+    run, an `embedlab audit` CSV (leaks.csv, label_conflicts.csv) whose held-out items are left out.
     """
     from embedlab.evaluation import evaluate_retrieval
     from embedlab.pipelines.evaluate import evaluate_run
@@ -295,7 +297,15 @@ def evaluate(
                 "a run is scored on its own validation split: labels, gallery and options apply to embeddings"
             )
         names = [metrics] if isinstance(metrics, str) else metrics
-        return evaluate_run(_run_dir_of(run_or_embeddings), names, which=checkpoint, device=device)
+        return evaluate_run(
+            _run_dir_of(run_or_embeddings),
+            names,
+            which=checkpoint,
+            device=device,
+            exclude_audit=exclude_audit,
+        )
+    if exclude_audit is not None:
+        raise TypeError("exclude_audit names images of a run's data: give a run")
     if labels is None:
         raise TypeError("evaluate(embeddings, labels): embeddings need their labels")
     if metrics is not None:

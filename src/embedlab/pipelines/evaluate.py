@@ -3,6 +3,7 @@ augmentation and post-processing steps scored one after another."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from embedlab.data.splits import prepare_data
+from embedlab.audit.items import without_items
+from embedlab.audit.tables import read_held_out
+from embedlab.data.splits import DataSplits, prepare_data
 from embedlab.embeddings.encoder import EmbeddingPipeline, EnsembleMember
 from embedlab.evaluation import RetrievalResult
 from embedlab.evaluation.steps import RetrievalProblem, StepResult, postprocessing_rows, score_step
@@ -29,14 +32,36 @@ def _embedding_device(device: Any) -> torch.device:
     return device if isinstance(device, torch.device) else resolve_device(str(device), option="--device")
 
 
+def held_out_data(data: DataSplits, audit_file: str | Path | None) -> DataSplits:
+    """The splits with the items an audit CSV marks `held_out` left out of the queries and the gallery
+    (None: as they are); an audit that names none of the validation items is an error, since it was
+    then made of other data."""
+    if audit_file is None:
+        return data
+    keys = read_held_out(audit_file)
+    query, from_queries = without_items(data.query, keys)
+    gallery, from_gallery = (None, 0) if data.gallery is None else without_items(data.gallery, keys)
+    if keys and from_queries + from_gallery == 0:
+        raise ValueError(
+            f"none of the {len(keys)} held-out items of {audit_file} is among this run's validation items "
+            f"({data.record.get('dataset')}); audit the run's own data (embedlab audit DATA --run RUN_DIR)"
+        )
+    return dataclasses.replace(data, query=query, gallery=gallery)
+
+
 def evaluate_run(
-    run_dir: str | Path, metrics: Sequence[str] | None = None, which: str = "best", device: Any = "auto"
+    run_dir: str | Path,
+    metrics: Sequence[str] | None = None,
+    which: str = "best",
+    device: Any = "auto",
+    exclude_audit: str | Path | None = None,
 ) -> RetrievalResult:
     """A finished run's checkpoint (best or last) scored on its validation split (device: where the
-    model embeds and the exact evaluation computes, as for `evaluate_retrieval`)."""
+    model embeds and the exact evaluation computes, as for `evaluate_retrieval`); exclude_audit: an
+    audit's leaks.csv or label_conflicts.csv, whose held-out items are left out (`held_out_data`)."""
     run = load_run(run_dir, which)
     cfg = run.config
-    data = prepare_data(cfg.data)
+    data = held_out_data(prepare_data(cfg.data), exclude_audit)
     batch, workers = cfg.train.eval_batch_size, cfg.data.num_workers
     pipeline = EmbeddingPipeline([run.embedder], [1.0], precision=cfg.train.precision)
     pipeline.to(_embedding_device(device))
@@ -78,13 +103,14 @@ def evaluate_run_steps(
     steps: Sequence[StepConfig] = (),
     which: str = "best",
     device: Any = "auto",
+    exclude_audit: str | Path | None = None,
 ) -> list[StepResult]:
     """Score a run's validation split with each requested step added in turn.
 
     Rows: the run's model; + the ensemble with the other runs (RUN_DIR has weight 1); + test-time
     augmentation (of every model); then a row per post-processing step, in order (see
     `embedlab.evaluation.steps`). Each member must have been trained on the same split. device: where
-    each row is scored (as for `evaluate_retrieval`).
+    each row is scored (as for `evaluate_retrieval`). exclude_audit: as for `evaluate_run`.
     """
     primary = load_run(run_dir, which)
     for member in ensemble:
@@ -96,7 +122,7 @@ def evaluate_run_steps(
         precision=primary.config.train.precision,
     ).to(_embedding_device(device))
     cfg = primary.config
-    data = prepare_data(cfg.data)
+    data = held_out_data(prepare_data(cfg.data), exclude_audit)
     metric_names = list(metrics or cfg.train.metrics)
     batch, workers = cfg.train.eval_batch_size, cfg.data.num_workers
 
