@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -53,6 +54,14 @@ def test_bad_input_exits_2_in_one_sentence(tmp_path) -> None:
     assert "holds one identity (whale, 1 image)" in result.stdout and "Traceback" not in result.stderr
     missing = run("audit", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"), "--set", "a=1")
     assert missing.returncode == 2 and "--set changes a config: give --config too" in missing.stdout
+    np.save(tmp_path / "q.npy", np.eye(2, dtype=np.float32))
+    np.save(tmp_path / "l.npy", np.array([0, 1]))
+    files = ["--query-embeddings", str(tmp_path / "q.npy"), "--query-labels", str(tmp_path / "l.npy")]
+    no_run = run("evaluate", *files, "--exclude-audit", str(tmp_path / "leaks.csv"))
+    assert (
+        no_run.returncode == 2
+        and "--exclude-audit names images of a run's data: give RUN_DIR" in no_run.stdout
+    )
 
 
 def test_the_page_opens_offline_in_chromium_with_every_thumbnail(audited, chromium, tmp_path) -> None:
